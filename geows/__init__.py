@@ -1,3 +1,51 @@
-"""geows: a gevent WebSocket server for WSGI applications."""
+"""geows: a gevent WebSocket server for WSGI applications.
+
+The native API is :func:`accept` and :class:`WebSocket`; served apps also get
+uWSGI's websocket functions through ``import uwsgi``. The gevent parts load
+on first use, so importing the sans-I/O core never imports gevent.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from geows.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    GeowsError,
+    InvalidHandshake,
+    PayloadTooBig,
+    ProtocolError,
+)
+from geows.limits import Limits, Timeouts
+
+if TYPE_CHECKING:
+    from geows.api import accept
+    from geows.connection import WebSocket
 
 __version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "GeowsError",
+    "InvalidHandshake",
+    "Limits",
+    "PayloadTooBig",
+    "ProtocolError",
+    "Timeouts",
+    "WebSocket",
+    "accept",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "accept":
+        from geows.api import accept
+
+        return accept
+    if name == "WebSocket":
+        from geows.connection import WebSocket
+
+        return WebSocket
+    raise AttributeError(f"module 'geows' has no attribute {name!r}")

@@ -1,0 +1,144 @@
+"""``geows serve APP``: load a WSGI app (monkey-patching first) and serve it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import signal
+import sys
+from typing import Any, Callable, Optional
+
+from geows.config import Config, ConfigError, add_arguments
+
+__all__ = ["load_app", "main"]
+
+log = logging.getLogger("geows")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``geows`` command line, generated from :class:`~geows.config.Config`."""
+    parser = argparse.ArgumentParser(
+        prog="geows", description="gevent WebSocket server for WSGI apps"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="serve a WSGI app",
+        description="Serve a WSGI app over HTTP/1.1 and WebSockets, with "
+        "uWSGI's websocket API available as `import uwsgi`.",
+    )
+    serve.add_argument(
+        "--ini", metavar="FILE", help="read options from [geows] or [uwsgi]"
+    )
+    add_arguments(serve)
+    return parser
+
+
+def load_app(spec: str, callable_name: str = "application") -> Callable[..., Any]:
+    """Import a WSGI callable from ``file.py``, ``module`` or ``module:callable``."""
+    name = callable_name
+    target = spec
+    if ":" in spec and not os.path.exists(spec):
+        target, name = spec.rsplit(":", 1)
+    if target.endswith(".py") or os.path.sep in target:
+        path = os.path.abspath(target)
+        if not os.path.exists(path):
+            raise ConfigError(f"no such file: {target}")
+        sys.path.insert(0, os.path.dirname(path))
+        mod_name = os.path.splitext(os.path.basename(path))[0]
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ConfigError(f"cannot load {target}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(target)
+    app = getattr(module, name, None)
+    if not callable(app):
+        raise ConfigError(f"{target} has no callable {name!r}")
+    return app  # type: ignore[no-any-return]
+
+
+def serve(config: Config) -> int:
+    """Run the server in this process until SIGTERM/SIGINT; the exit status."""
+    # Patch before anything the app imports can bind blocking primitives.
+    if config.monkey_patch:
+        from gevent import monkey
+
+        monkey.patch_all()
+    import gevent
+
+    from geows import uwsgi_compat
+    from geows.keepalive import Registry
+    from geows.server import Server
+    from geows.wsgi import Settings
+
+    sys.modules.setdefault("uwsgi", uwsgi_compat)
+    uwsgi_compat.opt.update({k: v for k, v in vars(config).items() if v is not None})
+    assert config.app is not None
+    app = load_app(config.app, config.callable)
+    addresses = config.listen_addresses()
+    timeouts = config.timeouts()
+    host, port = addresses[0]
+    settings = Settings(
+        app=app,
+        limits=config.limits(),
+        timeouts=timeouts,
+        header_timeout=config.http_header_timeout,
+        access_log=not config.disable_logging,
+        server_name=host,
+        server_port=str(port),
+        registry=Registry(timeouts),
+    )
+    server = Server(settings, addresses, max_connections=config.max_connections)
+    server.start()
+    for bound_host, bound_port in server.addresses:
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        log.info("geows serving %s on http://%s:%d/", config.app, shown, bound_port)
+    stopping: list[gevent.Greenlet] = []
+
+    def on_signal(signum: int) -> None:
+        if stopping:
+            return
+        log.info(
+            "%s: stopping (grace %.0fs)",
+            signal.Signals(signum).name,
+            config.shutdown_timeout,
+        )
+        stopping.append(gevent.spawn(server.stop, config.shutdown_timeout))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, on_signal, signum)
+    server.serve_forever()
+    if stopping:
+        stopping[0].join()
+    log.info("geows stopped")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the ``geows`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.app_positional:
+        args.app = args.app_positional
+    try:
+        config = Config.from_sources(args, args.ini)
+        logging.basicConfig(
+            level=config.log_level.upper(),
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+        config.validate()
+        return serve(config)
+    except ConfigError as exc:
+        parser.exit(2, f"geows: {exc}\n")
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

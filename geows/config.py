@@ -1,0 +1,307 @@
+"""Config: the one schema behind the command line, ini files and ``--help``.
+
+Each field carries its help text and its uWSGI spelling; argparse options
+and the ini reader are generated from the fields, so the three never drift.
+Sizes in KiB and times in seconds, as uWSGI spells them; :meth:`Config.limits`
+turns them into the bytes the core uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import logging
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Optional
+
+from geows.limits import Limits, Timeouts
+
+__all__ = ["Config", "ConfigError", "add_arguments"]
+
+log = logging.getLogger("geows.config")
+
+
+class ConfigError(ValueError):
+    """An option value or ini file we cannot use."""
+
+
+def opt(default: Any, help: str, *aliases: str, metavar: Optional[str] = None) -> Any:
+    """A Config field with its help and extra option names."""
+    meta = {"help": help, "aliases": aliases, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    """Every option of ``geows serve``."""
+
+    app: Optional[str] = opt(
+        None,
+        "WSGI app: a .py file or a module, optionally module:callable",
+        "wsgi-file",
+        "module",
+        "wsgi",
+        metavar="APP",
+    )
+    callable: str = opt("application", "name of the WSGI callable in the app")
+    http: list[str] = opt(
+        [],
+        "serve HTTP and WebSockets on HOST:PORT (repeatable; default 127.0.0.1:8000)",
+        "http-socket",
+        metavar="HOST:PORT",
+    )
+    http_websockets: bool = opt(
+        False, "accepted for uWSGI compatibility: websockets are always on"
+    )
+    max_connections: int = opt(
+        10000,
+        "most connections served at once (one greenlet each)",
+        "gevent",
+        metavar="N",
+    )
+    websockets_ping_freq: float = opt(
+        30.0,
+        "seconds between keepalive pings (0 disables keepalive)",
+        metavar="SECONDS",
+    )
+    websockets_pong_tolerance: float = opt(
+        10.0,
+        "seconds without any frame after a ping before the peer is dead "
+        "(uWSGI's 3 s drops healthy clients on slow links)",
+        metavar="SECONDS",
+    )
+    websockets_max_size: int = opt(
+        1024, "largest message in KiB; bigger ones close with 1009", metavar="KIB"
+    )
+    websockets_close_timeout: float = opt(
+        5.0, "seconds to wait for the peer's close frame", metavar="SECONDS"
+    )
+    http_header_timeout: float = opt(
+        10.0,
+        "seconds a client has to send a request head (and the longest idle keep-alive)",
+        metavar="SECONDS",
+    )
+    shutdown_timeout: float = opt(
+        10.0,
+        "grace period on SIGTERM/SIGINT before open connections are cut",
+        metavar="SECONDS",
+    )
+    disable_logging: bool = opt(False, "no access log lines")
+    log_level: str = opt("info", "level of geows' own log", metavar="LEVEL")
+    monkey_patch: bool = opt(
+        True,
+        "gevent.monkey.patch_all() before the app is imported "
+        "(--no-monkey-patch to opt out)",
+    )
+    master: bool = opt(False, "accepted for uWSGI compatibility (ignored)")
+    enable_threads: bool = opt(False, "accepted for uWSGI compatibility (ignored)")
+    die_on_term: bool = opt(
+        False, "accepted for uWSGI compatibility: SIGTERM always stops gracefully"
+    )
+    vacuum: bool = opt(False, "accepted for uWSGI compatibility (ignored)")
+
+    # -- derived -------------------------------------------------------------
+
+    def limits(self) -> Limits:
+        """The core's Limits, in bytes."""
+        size = self.websockets_max_size
+        return Limits(max_message_size=size * 1024 if size > 0 else None)
+
+    def timeouts(self) -> Timeouts:
+        """The core's Timeouts."""
+        freq = self.websockets_ping_freq
+        return Timeouts(
+            ping_interval=freq if freq > 0 else None,
+            pong_tolerance=self.websockets_pong_tolerance,
+            close_timeout=self.websockets_close_timeout,
+        )
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """``--http`` values as (host, port)."""
+        return [parse_address(a) for a in (self.http or ["127.0.0.1:8000"])]
+
+    def validate(self) -> None:
+        """Refuse values that cannot work, with the option's name."""
+        if not self.app:
+            raise ConfigError("no app given: geows serve APP (or --wsgi-file / ini)")
+        for name in ("websockets_pong_tolerance", "http_header_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+        if self.max_connections < 1:
+            raise ConfigError("--max-connections must be >= 1")
+        self.listen_addresses()
+
+    # -- sources -------------------------------------------------------------
+
+    @classmethod
+    def from_sources(
+        cls, args: argparse.Namespace, ini: Optional[str] = None
+    ) -> Config:
+        """Defaults, then the ini file, then the command line (which wins)."""
+        config = cls()
+        if ini:
+            config.update(read_ini(ini))
+        given = {
+            f.name: getattr(args, f.name)
+            for f in fields(cls)
+            if getattr(args, f.name, None) is not None
+        }
+        config.update(given)
+        return config
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Set fields from already-typed values."""
+        for name, value in values.items():
+            if isinstance(getattr(self, name), list) and not isinstance(value, list):
+                value = [value]
+            setattr(self, name, value)
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def _type_of(f: Any) -> str:
+    return str(f.type)
+
+
+def _names(f: Any) -> list[str]:
+    return [f.name.replace("_", "-"), *f.metadata["aliases"]]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one option per Config field (with its aliases) to ``parser``."""
+    for f in fields(Config):
+        names = _names(f)
+        meta = f.metadata
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        kind = _type_of(f)
+        helptext = meta["help"]
+        if f.name == "app":
+            parser.add_argument(
+                "app_positional", nargs="?", metavar="APP", help=helptext
+            )
+            parser.add_argument(
+                *("--" + n for n in names), dest="app", help=argparse.SUPPRESS
+            )
+            continue
+        opts = ["--" + n for n in names]
+        if kind == "bool":
+            parser.add_argument(
+                *opts,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{helptext} (default: {'on' if default else 'off'})",
+            )
+        elif kind.startswith("list"):
+            parser.add_argument(
+                *opts,
+                dest=f.name,
+                action="append",
+                default=None,
+                metavar=meta["metavar"],
+                help=helptext,
+            )
+        else:
+            conv = {"int": int, "float": float}.get(kind, str)
+            parser.add_argument(
+                *opts,
+                dest=f.name,
+                type=conv,
+                default=None,
+                metavar=meta["metavar"],
+                help=f"{helptext} (default: {default})",
+            )
+
+
+_TRUE = {"1", "true", "yes", "on", ""}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(f: Any, raw: str) -> Any:
+    kind = _type_of(f)
+    try:
+        if kind == "bool":
+            low = raw.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{f.name.replace('_', '-')}: not a {kind}: {raw!r}"
+        ) from None
+    return raw.strip()
+
+
+def read_ini(path: str) -> dict[str, Any]:
+    """Options from the ``[geows]`` (else ``[uwsgi]``) section of an ini file.
+
+    Keys use the option names or their uWSGI aliases; a key repeated on
+    several lines (uWSGI style) is kept for list options. Options geows does
+    not know are logged and skipped, so a uWSGI file mostly just works.
+    """
+    parser = configparser.ConfigParser(
+        strict=False, interpolation=None, allow_no_value=True, delimiters=("=",)
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(_MultiKey(fh))
+    except (OSError, configparser.Error) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    section = "geows" if parser.has_section("geows") else "uwsgi"
+    if not parser.has_section(section):
+        raise ConfigError(f"{path} has no [geows] or [uwsgi] section")
+    lookup = {n: f for f in fields(Config) for n in _names(f)}
+    values: dict[str, Any] = {}
+    for key, raw in parser.items(section):
+        name = key.split("\x00")[0].strip().replace("_", "-")
+        f = lookup.get(name)
+        if f is None:
+            log.warning("%s: option %r is not supported by geows; ignored", path, name)
+            continue
+        value = _convert(f, raw if raw is not None else "")
+        if _type_of(f).startswith("list"):
+            values.setdefault(f.name, []).append(value)
+        else:
+            values[f.name] = value
+    return values
+
+
+class _MultiKey:
+    """Feeds configparser with repeated keys made unique (uWSGI repeats keys)."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self._seen: dict[str, int] = {}
+
+    def __iter__(self) -> Any:
+        for line in self._fh:
+            stripped = line.lstrip()
+            if "=" in line and stripped[:1] not in ("#", ";", "["):
+                key, rest = line.split("=", 1)
+                name = key.strip()
+                count = self._seen.get(name, 0)
+                self._seen[name] = count + 1
+                if count:
+                    line = f"{name}\x00{count}={rest}"
+            elif stripped.startswith("["):
+                self._seen = {}
+            yield line
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``[v6]:PORT`` to (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"not HOST:PORT: {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)

@@ -1,0 +1,500 @@
+"""WebSocket: one upgraded connection on gevent, over the sans-I/O protocol.
+
+How the I/O runs, and why:
+
+* Reading is a libev read watcher whose callback (in the hub) reads what the
+  socket has, feeds :class:`~geows.protocol.ServerProtocol` and queues
+  complete messages. An idle connection therefore costs no greenlet besides
+  the application's own, and pings are answered at once whatever the
+  application is doing. At most ``Limits.max_queued_messages`` wait for the
+  application; then reading pauses and TCP pushes back on the peer.
+* Writing tries a non-blocking ``send`` at once; what the socket does not
+  take waits in an ordered list of chunks flushed by a write watcher, with
+  several frames going out in one ``sendmsg`` call. Frames are appended
+  whole, never interleaved, whichever greenlet sends. A sender waits only
+  when more than ``Limits.write_buffer_high`` bytes are pending.
+* Keepalive (pings, pong deadline, stalled sends) is one sweeper greenlet for
+  all connections: see :class:`~geows.keepalive.Registry`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+from collections.abc import Iterator
+from typing import Any, Callable, Optional, Union
+
+from gevent import Timeout, get_hub
+from gevent.hub import Waiter
+
+from geows.exceptions import ConnectionClosed, ConnectionClosedOK
+from geows.frames import OP_PING, OP_PONG, BytesLike, frame_header
+from geows.limits import Limits, Timeouts
+from geows.protocol import Close, Message, ServerProtocol, State
+
+__all__ = ["WebSocket"]
+
+log = logging.getLogger("geows.connection")
+
+#: Keepalive sends a ping and a gratuitous pong together (RFC 6455 5.5.3:
+#: an unsolicited pong is a unidirectional heartbeat).
+KEEPALIVE_FRAMES = frame_header(OP_PING, 0) + frame_header(OP_PONG, 0)
+_RECV_SIZE = 256 * 1024
+_SENDMSG_MAX = 64  # chunks per sendmsg call, well under IOV_MAX
+_DEFAULT_LIMITS = Limits()
+_DEFAULT_TIMEOUTS = Timeouts()
+
+
+class WebSocket:
+    """A server-side WebSocket connection.
+
+    Created by :func:`geows.accept` (or the uWSGI adapter) once the 101 is
+    written. Any greenlet may :meth:`send`; one greenlet at a time may
+    :meth:`recv`.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        environ: dict[str, Any],
+        *,
+        subprotocol: Optional[str] = None,
+        limits: Limits = _DEFAULT_LIMITS,
+        timeouts: Timeouts = _DEFAULT_TIMEOUTS,
+        registry: Optional[Any] = None,
+        initial: bytes = b"",
+        on_finish: Optional[Callable[[WebSocket], None]] = None,
+    ) -> None:
+        self.environ = environ
+        self.subprotocol = subprotocol
+        self.limits = limits
+        self.timeouts = timeouts
+        self._sock = sock
+        # gevent sockets keep the raw non-blocking socket in ``_sock``; the
+        # watchers below do the waiting, so the raw one is what we call.
+        self._raw: socket.socket = getattr(sock, "_sock", sock)
+        self._fd = sock.fileno()
+        self._proto = ServerProtocol(limits)
+        self._loop = loop = get_hub().loop
+        self._rwatch = loop.io(self._fd, 1)
+        self._wwatch: Any = None
+        self._timer: Any = None
+        self._queue: deque[Message] = deque()
+        self._max_queued = limits.max_queued_messages
+        self._paused = False
+        self._waiter: Optional[Waiter] = None
+        self._chunks: deque[memoryview] = deque()
+        self._pending = 0
+        self._drain_waiters: list[Waiter] = []
+        self._high = limits.write_buffer_high
+        self._finished = False
+        self._after_flush: Optional[Callable[[], None]] = None
+        self._registry = registry
+        self._on_finish = on_finish
+        now = loop.now()
+        self.opened_at = now
+        self.last_recv = now
+        self.last_progress = now
+        self.ping_sent_at: Optional[float] = None
+        self.next_ping = now + (timeouts.ping_interval or 0.0)
+        self.messages_in = 0
+        self.messages_out = 0
+        self.error: Optional[BaseException] = None
+        if registry is not None:
+            registry.add(self)
+        if initial:
+            self._on_data(initial)
+        if not self._finished and not self._paused:
+            self._rwatch.start(self._on_readable)
+
+    # -- public API ------------------------------------------------------------
+
+    @property
+    def remote_addr(self) -> Optional[str]:
+        """The client's address as the WSGI environ has it."""
+        return self.environ.get("REMOTE_ADDR")
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closing or closed: sends will fail."""
+        return self._proto.state is not State.OPEN or self._finished
+
+    @property
+    def close_code(self) -> Optional[int]:
+        """How the connection ended, once it is closing or closed."""
+        if self._proto.state is State.OPEN and not self._finished:
+            return None
+        return self._proto.close_code
+
+    @property
+    def close_reason(self) -> str:
+        """The reason that goes with :attr:`close_code`."""
+        return self._proto.close_reason
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (for ``select``)."""
+        return self._fd
+
+    def recv(self, timeout: Optional[float] = None) -> Union[str, bytes]:
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        Raises :class:`~geows.ConnectionClosed` once the connection is closed
+        and every message received before has been returned, and
+        ``gevent.Timeout`` when ``timeout`` seconds pass first.
+        """
+        message = self.recv_message(timeout)
+        return message.text if message.text is not None else message.data
+
+    def recv_message(self, timeout: Optional[float] = None) -> Message:
+        """The next :class:`~geows.protocol.Message` (payload and text)."""
+        queue = self._queue
+        while not queue:
+            if self._finished or self._proto.state is State.CLOSED:
+                raise self._closed_exception()
+            if self._proto.failure is not None:
+                raise self._closed_exception()
+            if self._waiter is not None:
+                raise RuntimeError("another greenlet is already in recv()")
+            waiter = self._waiter = Waiter()
+            timer = None if timeout is None else Timeout.start_new(timeout)
+            try:
+                waiter.get()
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        message = queue.popleft()
+        if self._paused and len(queue) <= self._max_queued // 2:
+            self._resume()
+        return message
+
+    def recv_nowait(self) -> Optional[Message]:
+        """A complete message if one is queued, else None; never blocks.
+
+        Raises :class:`~geows.ConnectionClosed` when closed and drained.
+        """
+        queue = self._queue
+        if queue:
+            message = queue.popleft()
+            if self._paused and len(queue) <= self._max_queued // 2:
+                self._resume()
+            return message
+        if self._finished or self._proto.state is not State.OPEN:
+            raise self._closed_exception()
+        return None
+
+    def __iter__(self) -> Iterator[Union[str, bytes]]:
+        """Messages until a normal close; an abnormal one raises."""
+        while True:
+            try:
+                yield self.recv()
+            except ConnectionClosedOK:
+                return
+
+    def send(self, data: Union[str, BytesLike]) -> None:
+        """Send a text message for ``str``, a binary one for bytes-like."""
+        if isinstance(data, str):
+            self.send_frame(self._proto.send_text(data))
+        else:
+            self.send_frame(self._proto.send_binary(data))
+
+    def send_text(self, data: Union[str, BytesLike]) -> None:
+        """Send a text message; bytes must be UTF-8 (sent as they are)."""
+        self.send_frame(self._proto.send_text(data))
+
+    def send_binary(self, data: BytesLike) -> None:
+        """Send a binary message."""
+        self.send_frame(self._proto.send_binary(data))
+
+    def ping(self, data: bytes = b"") -> None:
+        """Send a ping; the peer's pong counts as a sign of life."""
+        self.send_frame(self._proto.send_ping(data))
+
+    def send_frame(self, frame: BytesLike) -> None:
+        """Write an already framed message (the same bytes may go to many).
+
+        Waits while more than ``Limits.write_buffer_high`` bytes are pending;
+        raises :class:`~geows.ConnectionClosed` if the connection is closed.
+        """
+        if self._pending > self._high:
+            self._wait_drain()
+        if self._finished or self._proto.state is not State.OPEN:
+            raise self._closed_exception()
+        self.messages_out += 1
+        self._write(frame)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close: send a close frame, wait for the peer's (up to
+        ``Timeouts.close_timeout``), then close the TCP connection.
+        """
+        frame = self._proto.send_close(code, reason)
+        if frame and not self._finished:
+            self._queue.clear()
+            self._max_queued = 1 << 30  # read on, to find the peer's close
+            self._resume()
+            self._write(frame)
+            self._start_timer(self.timeouts.close_timeout, self._finish)
+        self.wait_closed()
+
+    def wait_closed(self, timeout: Optional[float] = None) -> None:
+        """Block until the TCP connection is closed."""
+        timer = None if timeout is None else Timeout.start_new(timeout)
+        try:
+            while not self._finished:
+                self._wait_event()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def abort(self, code: int = 1011) -> None:
+        """Fail now: a close frame if the socket takes it at once, then TCP close."""
+        if self._finished:
+            return
+        if self._proto.state is State.OPEN:
+            frame = self._proto.send_close(code, "")
+            if not self._chunks:
+                try:
+                    self._raw.send(frame)
+                except OSError:
+                    pass
+        self._finish()
+
+    # -- read side (hub callbacks) ---------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._raw.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.error = exc
+            self._finish()
+            return
+        if data:
+            self._on_data(data)
+        else:
+            self._on_eof()
+
+    def _on_data(self, data: bytes) -> None:
+        proto = self._proto
+        self.last_recv = self._loop.now()
+        events = proto.receive_data(data)
+        if proto.has_output:
+            self._write(proto.data_to_send())
+        queue = self._queue
+        for event in events:
+            if type(event) is Message:
+                self.messages_in += 1
+                queue.append(event)
+            elif type(event) is Close:
+                self._closing_handshake_done()
+        if self._finished:
+            pass
+        elif proto.failure is not None:
+            self._failed()
+        elif len(queue) >= self._max_queued and not self._paused:
+            self._paused = True
+            self._rwatch.stop()
+        waiter = self._waiter
+        if waiter is not None and (queue or proto.state is not State.OPEN):
+            waiter.switch(None)
+
+    def _on_eof(self) -> None:
+        self._proto.receive_eof()
+        self._finish()
+
+    def _resume(self) -> None:
+        if self._paused and not self._finished:
+            self._paused = False
+            self._rwatch.start(self._on_readable)
+
+    def _closing_handshake_done(self) -> None:
+        """A close frame arrived: the server closes TCP first (RFC 6455 7.1.1)."""
+        self._queue_after_flush(self._finish)
+
+    def _failed(self) -> None:
+        """We failed the connection: flush the close frame, then close TCP."""
+        self._queue_after_flush(self._shutdown_and_drain)
+
+    def _shutdown_and_drain(self) -> None:
+        # Closing with unread input would send RST and could destroy our
+        # close frame in flight; half-close and let the peer finish instead.
+        try:
+            self._raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._finish()
+            return
+        self._resume()
+        self._start_timer(self.timeouts.close_timeout, self._finish)
+
+    def _queue_after_flush(self, action: Callable[[], None]) -> None:
+        if self._chunks:
+            self._after_flush = action
+            self._start_timer(self.timeouts.close_timeout, self._finish)
+        else:
+            action()
+
+    def _start_timer(self, seconds: float, callback: Callable[[], None]) -> None:
+        if self._timer is None and not self._finished:
+            self._timer = self._loop.timer(seconds)
+            self._timer.start(callback)
+
+    # -- write side --------------------------------------------------------------
+
+    def _write(self, data: BytesLike) -> None:
+        """Write whole frames in order; never blocks."""
+        if self._finished:
+            return
+        if not self._chunks:
+            try:
+                sent = self._raw.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.error = exc
+                self._finish()
+                return
+            if sent == len(data):
+                return
+            self.last_progress = self._loop.now()
+            view = memoryview(data)[sent:]
+            self._chunks.append(view)
+            self._pending = len(view)
+            if self._wwatch is None:
+                self._wwatch = self._loop.io(self._fd, 2)
+            self._wwatch.start(self._on_writable)
+        else:
+            self._chunks.append(memoryview(data))
+            self._pending += len(data)
+
+    def _on_writable(self) -> None:
+        chunks = self._chunks
+        try:
+            if len(chunks) == 1:
+                sent = self._raw.send(chunks[0])
+            else:
+                sent = self._raw.sendmsg(list(_first(chunks, _SENDMSG_MAX)))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.error = exc
+            self._finish()
+            return
+        self.last_progress = self._loop.now()
+        self._pending -= sent
+        while sent:
+            head = chunks[0]
+            if sent >= len(head):
+                sent -= len(head)
+                chunks.popleft()
+            else:
+                chunks[0] = head[sent:]
+                sent = 0
+        if not chunks:
+            self._wwatch.stop()
+            action, self._after_flush = self._after_flush, None
+            if action is not None:
+                action()
+        if self._drain_waiters and self._pending <= self._high // 2:
+            self._wake_drainers()
+
+    def _wait_drain(self) -> None:
+        while self._pending > self._high and not self._finished:
+            self._wait_event()
+
+    def _wait_event(self) -> None:
+        """Sleep until the write buffer drains or the connection finishes."""
+        waiter = Waiter()
+        self._drain_waiters.append(waiter)
+        try:
+            waiter.get()
+        finally:
+            if waiter in self._drain_waiters:
+                self._drain_waiters.remove(waiter)
+
+    def _wake_drainers(self) -> None:
+        # Deferred: we may be in the hub, in a sweeper greenlet or in the app.
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            self._loop.run_callback(waiter.switch, None)
+
+    # -- keepalive (called by the registry's sweeper) ----------------------------
+
+    def keepalive(self, now: float) -> None:
+        """Ping on schedule; fail a peer that stopped answering or reading."""
+        timeouts = self.timeouts
+        interval = timeouts.ping_interval
+        if interval is None or self._finished:
+            return
+        stall = interval + timeouts.pong_tolerance
+        if self._chunks and now - self.last_progress > stall:
+            self._dead("send stalled")
+            return
+        sent_at = self.ping_sent_at
+        if sent_at is not None:
+            if self.last_recv >= sent_at:
+                self.ping_sent_at = None
+            elif now - sent_at > timeouts.pong_tolerance and not self._paused:
+                self._dead("no pong")
+                return
+        if now >= self.next_ping and self._proto.state is State.OPEN:
+            self.next_ping = now + interval
+            if self.ping_sent_at is None:
+                self.ping_sent_at = now
+            if self._pending <= self._high:
+                self._write(KEEPALIVE_FRAMES)
+
+    def _dead(self, why: str) -> None:
+        log.info("websocket %s dead: %s", self.remote_addr, why)
+        self.error = ConnectionError(why)
+        self.abort(1011)
+
+    # -- the end -------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Close the TCP connection and wake everyone waiting; idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._proto.state is not State.CLOSED:
+            self._proto.receive_eof()
+        self._rwatch.stop()
+        if self._wwatch is not None:
+            self._wwatch.stop()
+        if self._timer is not None:
+            self._timer.stop()
+        self._chunks.clear()
+        self._pending = 0
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        if self._registry is not None:
+            self._registry.discard(self)
+        if self._on_finish is not None:
+            self._on_finish(self)
+        if self._drain_waiters:
+            self._wake_drainers()
+        waiter = self._waiter
+        if waiter is not None:
+            # Deferred, never a switch from inside a caller's loop.
+            self._loop.run_callback(waiter.switch, None)
+
+    def _closed_exception(self) -> ConnectionClosed:
+        exc = self._proto.closed_exception()
+        if self.error is not None:
+            exc.__cause__ = self.error
+        elif self._proto.failure is not None:
+            exc.__cause__ = self._proto.failure
+        return exc
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.remote_addr} {self._proto.state.name}>"
+
+
+def _first(chunks: deque[memoryview], n: int) -> Iterator[memoryview]:
+    for i, chunk in enumerate(chunks):
+        if i == n:
+            return
+        yield chunk

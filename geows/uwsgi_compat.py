@@ -1,0 +1,135 @@
+"""The ``uwsgi`` module seen by apps that ``geows serve`` runs.
+
+Thin functions over the native API (:class:`~geows.WebSocket`): they find
+the current request through a per-greenlet context variable, never a
+process global, and turn :class:`~geows.ConnectionClosed` into the
+``OSError`` uWSGI raises, chained to the real cause.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from geows.connection import WebSocket
+from geows.exceptions import ConnectionClosed, InvalidHandshake
+from geows.wsgi import HTTPConnection, current_connection
+
+__all__ = [
+    "SPOOL_OK",
+    "connection_fd",
+    "opt",
+    "request_context",
+    "version",
+    "websocket_handshake",
+    "websocket_recv",
+    "websocket_recv_nb",
+    "websocket_send",
+    "websocket_send_binary",
+]
+
+#: What ``uwsgi.version`` reports: uWSGI's API level we follow, and us.
+version = b"2.0.28-geows"
+numproc = 1
+#: uWSGI exposes its options here; ``geows serve`` fills it.
+opt: dict[str, Any] = {}
+SPOOL_OK = -2
+
+Context = HTTPConnection
+
+
+def _connection(request_context: Optional[Context] = None) -> HTTPConnection:
+    if request_context is not None:
+        return request_context
+    try:
+        return current_connection.get()
+    except LookupError:
+        raise OSError(
+            "no current request: call uwsgi functions from the request's "
+            "greenlet, or pass request_context=uwsgi.request_context()"
+        ) from None
+
+
+def _websocket(request_context: Optional[Context]) -> WebSocket:
+    ws = _connection(request_context).websocket
+    if ws is None:
+        raise OSError("websocket_handshake() was not called for this request")
+    return ws
+
+
+def request_context() -> Context:
+    """A handle to the current connection, for use from another greenlet."""
+    return _connection()
+
+
+def connection_fd(request_context: Optional[Context] = None) -> int:
+    """The client socket's file descriptor (for ``gevent.select``)."""
+    return _connection(request_context).sock.fileno()
+
+
+def websocket_handshake(
+    key: Optional[Union[str, bytes]] = None,
+    origin: Optional[Union[str, bytes]] = None,
+    proto: Optional[Union[str, bytes]] = None,
+    request_context: Optional[Context] = None,
+) -> None:
+    """Answer the WebSocket handshake; arguments default to the request's.
+
+    ``proto`` is answered only if the client offered it. Raises ``OSError``
+    (from :class:`~geows.InvalidHandshake`) for an invalid upgrade request;
+    if the app lets it out, the client gets the right HTTP status.
+    """
+    conn = _connection(request_context)
+    try:
+        conn.upgrade(key=_text(key), choose=_text(proto))
+    except InvalidHandshake as exc:
+        raise OSError(f"unable to complete websocket handshake: {exc.reason}") from exc
+
+
+def websocket_recv(request_context: Optional[Context] = None) -> bytes:
+    """The next message's payload (text or binary), blocking this greenlet.
+
+    Raises ``OSError`` when the connection closes, fails or the peer dies.
+    """
+    ws = _websocket(request_context)
+    try:
+        return ws.recv_message().data
+    except ConnectionClosed as exc:
+        raise OSError(f"websocket closed: {exc.code} {exc.reason}".rstrip()) from exc
+
+
+def websocket_recv_nb(request_context: Optional[Context] = None) -> bytes:
+    """A complete message if one arrived, else ``b""``; never blocks."""
+    ws = _websocket(request_context)
+    try:
+        message = ws.recv_nowait()
+    except ConnectionClosed as exc:
+        raise OSError(f"websocket closed: {exc.code} {exc.reason}".rstrip()) from exc
+    return b"" if message is None else message.data
+
+
+def websocket_send(
+    message: Union[str, bytes], request_context: Optional[Context] = None
+) -> None:
+    """Send a text message (str is encoded as UTF-8)."""
+    ws = _websocket(request_context)
+    try:
+        ws.send_text(message)
+    except ConnectionClosed as exc:
+        raise OSError(f"unable to send websocket message: {exc}") from exc
+
+
+def websocket_send_binary(
+    message: bytes, request_context: Optional[Context] = None
+) -> None:
+    """Send a binary message."""
+    ws = _websocket(request_context)
+    try:
+        ws.send_binary(message)
+    except ConnectionClosed as exc:
+        raise OSError(f"unable to send websocket message: {exc}") from exc
+
+
+def _text(value: Optional[Union[str, bytes]]) -> Optional[str]:
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return value or None

@@ -1,0 +1,610 @@
+"""The per-connection HTTP/1.1 loop: requests in, WSGI app calls, responses out.
+
+One greenlet runs :meth:`HTTPConnection.run` for a client: it reads a request
+head (with a deadline), builds a PEP 3333 environ, calls the application,
+writes its response (Content-Length or chunked), and loops while the
+connection is kept alive. An application that upgrades (``geows.accept`` or
+``uwsgi.websocket_handshake``) turns the connection into a
+:class:`~geows.connection.WebSocket` for the rest of its life.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Callable, Optional
+from urllib.parse import unquote_to_bytes
+
+from gevent import get_hub
+
+from geows import handshake
+from geows.connection import WebSocket
+from geows.exceptions import ConnectionClosed, InvalidHandshake
+from geows.http import (
+    ChunkedDecoder,
+    HTTPError,
+    HTTPLimits,
+    Request,
+    error_response,
+    parse_head,
+)
+from geows.keepalive import Registry
+from geows.limits import Limits, Timeouts
+
+__all__ = ["HTTPConnection", "Settings", "current_connection"]
+
+access_log = logging.getLogger("geows.access")
+log = logging.getLogger("geows.wsgi")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+ExcInfo = tuple[type[BaseException], BaseException, Optional[TracebackType]]
+
+#: The HTTP connection whose request this greenlet is serving; the uWSGI
+#: adapter finds "the current request" through it. Per greenlet, never global.
+current_connection: contextvars.ContextVar[HTTPConnection] = contextvars.ContextVar(
+    "geows_connection"
+)
+
+_RECV = 65536
+#: Unread request body we drain to keep a connection alive; more and we close.
+_MAX_DRAIN = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every connection of a server shares (read-only)."""
+
+    app: WSGIApp
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    http_limits: HTTPLimits = field(default_factory=HTTPLimits)
+    #: Seconds a client has to send a complete request head, and the
+    #: longest a kept-alive connection may sit idle between requests.
+    header_timeout: float = 10.0
+    #: Seconds a body read may wait for the client.
+    body_timeout: float = 60.0
+    max_body: Optional[int] = None
+    access_log: bool = True
+    url_scheme: str = "http"
+    multiprocess: bool = False
+    server_name: str = "localhost"
+    server_port: str = "80"
+    registry: Optional[Registry] = None
+    extra_environ: dict[str, Any] = field(default_factory=dict)
+
+
+class _Closed(Exception):
+    """The client went away mid-request; end the connection quietly."""
+
+
+class HTTPConnection:
+    """One client connection: HTTP/1.1 requests, then maybe a WebSocket."""
+
+    def __init__(self, settings: Settings, sock: socket.socket, addr: Any) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.addr = addr
+        self.buf = bytearray()
+        self.request: Optional[Request] = None
+        self.environ: dict[str, Any] = {}
+        self.websocket: Optional[WebSocket] = None
+        self._status = ""
+        self._headers: list[tuple[str, str]] = []
+        self._headers_sent = False
+        self._chunked = False
+        self._length: Optional[int] = None
+        self._sent = 0
+        self._keep_alive = True
+        self._input: Optional[Input] = None
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve requests until the client leaves, errs or upgrades."""
+        current_connection.set(self)
+        try:
+            while self._keep_alive:
+                request = self._read_request()
+                if request is None:
+                    return
+                self._serve(request)
+                if self.websocket is not None:
+                    return
+        except _Closed:
+            pass
+        except OSError as exc:
+            log.debug("connection from %s: %s", self.addr, exc)
+        finally:
+            if self.websocket is None:
+                try:
+                    self.sock.close()
+                except OSError:
+                    pass
+
+    def _read_request(self) -> Optional[Request]:
+        """Read and parse one request head; None when the client is done."""
+        settings = self.settings
+        buf = self.buf
+        deadline: Optional[float] = None
+        loop = get_hub().loop
+        while True:
+            try:
+                parsed = parse_head(buf, settings.http_limits)
+            except HTTPError as exc:
+                self._refuse(exc.status)
+                return None
+            if parsed is not None:
+                request, consumed = parsed
+                del buf[:consumed]
+                return request
+            if deadline is None:
+                deadline = loop.now() + settings.header_timeout
+            remaining = deadline - loop.now()
+            if remaining <= 0:
+                if buf:
+                    self._refuse(HTTPStatus.REQUEST_TIMEOUT)
+                return None
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(_RECV)
+            except socket.timeout:
+                continue
+            if not data:
+                return None
+            buf += data
+
+    def _refuse(self, status: HTTPStatus) -> None:
+        """Answer a request we cannot serve and stop reading from the client."""
+        try:
+            self.sock.sendall(error_response(status))
+        except OSError:
+            pass
+        self._keep_alive = False
+        if self.settings.access_log:
+            access_log.info("%s - %d (refused)", self._client(), status.value)
+
+    def _serve(self, request: Request) -> None:
+        settings = self.settings
+        self.request = request
+        self._status = ""
+        self._headers = []
+        self._headers_sent = False
+        self._chunked = False
+        self._length = None
+        self._sent = 0
+        self._keep_alive = request.keep_alive
+        inp = self._input = Input(self, request)
+        environ = self.environ = self._environ(request, inp)
+        start = time.monotonic()
+        result: Optional[Iterable[bytes]] = None
+        try:
+            result = settings.app(environ, self.start_response)
+            if self.websocket is None:
+                if (
+                    type(result) in (list, tuple)
+                    and len(result) == 1  # type: ignore[arg-type]
+                    and self._status
+                    and not self._headers_sent
+                ):
+                    self._one_piece(result[0])  # type: ignore[index]
+                    result = ()
+                for data in result:
+                    if data:
+                        self.write(data)
+                if not self._headers_sent:
+                    self._finish_empty()
+                elif self._chunked:
+                    self.sock.sendall(b"0\r\n\r\n")
+        except _Closed:
+            raise
+        except Exception as exc:
+            self._app_failed(exc)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("error closing the response of %s", request.target)
+        ws = self.websocket
+        if ws is not None:
+            if not ws.closed:
+                ws.close(1000)
+            ws.wait_closed()
+            return
+        if settings.access_log:
+            access_log.info(
+                '%s - "%s %s %s" %s %d %.1fms',
+                self._client(),
+                request.method,
+                request.target,
+                request.version,
+                self._status.split(" ", 1)[0] or "-",
+                self._sent,
+                (time.monotonic() - start) * 1000,
+            )
+        if self._keep_alive and not inp.finish():
+            self._keep_alive = False
+
+    def _app_failed(self, exc: Exception) -> None:
+        """The app raised: answer 500 (or the handshake's status) if we still can."""
+        invalid = exc if isinstance(exc, InvalidHandshake) else exc.__cause__
+        if self.websocket is not None and isinstance(
+            exc if isinstance(exc, ConnectionClosed) else invalid, ConnectionClosed
+        ):
+            # uWSGI apps end by letting recv's OSError out: a normal ending.
+            self._keep_alive = False
+            return
+        if isinstance(invalid, InvalidHandshake):
+            log.info("refused upgrade from %s: %s", self._client(), invalid.reason)
+            status, headers = invalid.status, invalid.headers
+        else:
+            log.exception("error in the application serving %s", self.request)
+            status, headers = HTTPStatus.INTERNAL_SERVER_ERROR, []
+        self._keep_alive = False
+        if self.websocket is not None:
+            if not self.websocket.closed:
+                self.websocket.abort(1011)  # never the error text to the peer
+            return
+        self._status = str(status.value)
+        if not self._headers_sent:
+            try:
+                self.sock.sendall(error_response(status, headers))
+            except OSError:
+                pass
+
+    # -- WSGI responses ----------------------------------------------------------
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: Optional[ExcInfo] = None,
+    ) -> Callable[[bytes], None]:
+        """PEP 3333 start_response."""
+        if exc_info is not None:
+            try:
+                if self._headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self._status:
+            raise AssertionError("start_response called twice without exc_info")
+        self._status = status
+        self._headers = headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """Write body data, sending the head first."""
+        if not self._status:
+            raise AssertionError("write() before start_response()")
+        if not self._headers_sent:
+            self._send_head(len(data))
+        if self._chunked:
+            self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.sock.sendall(data)
+        self._sent += len(data)
+
+    def _one_piece(self, data: bytes) -> None:
+        """A response of one piece: send it with a Content-Length, not chunked."""
+        if not any(n.lower() == "content-length" for n, _ in self._headers):
+            self._headers = [*self._headers, ("Content-Length", str(len(data)))]
+        self.write(data)
+
+    def _finish_empty(self) -> None:
+        if not self._status:
+            raise AssertionError("the application returned without start_response()")
+        self._send_head(0, complete=True)
+
+    def _send_head(self, first: int, complete: bool = False) -> None:
+        request = self.request
+        assert request is not None
+        status = self._status
+        code = status[:3]
+        lines = [
+            request.version.encode("ascii"),
+            b" ",
+            status.encode("latin-1"),
+            b"\r\n",
+        ]
+        has_length = False
+        for name, value in self._headers:
+            lname = name.lower()
+            if lname == "content-length":
+                has_length = True
+                self._length = int(value)
+            elif lname == "connection" and "close" in value.lower():
+                self._keep_alive = False
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        bodiless = code in ("204", "304") or code[0] == "1" or request.method == "HEAD"
+        if not has_length and not bodiless:
+            if complete:
+                lines.append(b"Content-Length: 0\r\n")
+            elif request.version == "HTTP/1.1":
+                self._chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self._keep_alive = False
+        if not self._keep_alive:
+            lines.append(b"Connection: close\r\n")
+        elif request.version == "HTTP/1.0":
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        self.sock.sendall(b"".join(lines))
+        self._headers_sent = True
+
+    # -- the environ ---------------------------------------------------------------
+
+    def _environ(self, request: Request, inp: Input) -> dict[str, Any]:
+        settings = self.settings
+        target = request.target
+        path, _, query = target.partition("?")
+        if path[:1] != "/" and "://" in path:  # absolute-form (RFC 9112 3.2.2)
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
+        addr = self.addr
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": request.method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1")
+            if "%" in path
+            else path,
+            "QUERY_STRING": query,
+            "REQUEST_URI": target,
+            "SERVER_NAME": settings.server_name,
+            "SERVER_PORT": settings.server_port,
+            "SERVER_PROTOCOL": request.version,
+            "REMOTE_ADDR": addr[0] if isinstance(addr, tuple) else "",
+            "REMOTE_PORT": str(addr[1]) if isinstance(addr, tuple) else "",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": settings.url_scheme,
+            "wsgi.input": inp,
+            "wsgi.input_terminated": True,
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": settings.multiprocess,
+            "wsgi.run_once": False,
+            "geows.connection": self,
+        }
+        if settings.extra_environ:
+            environ.update(settings.extra_environ)
+        for name, value in request.headers:
+            if name == "content-type":
+                environ["CONTENT_TYPE"] = value
+                continue
+            if name == "content-length":
+                environ["CONTENT_LENGTH"] = value
+                continue
+            if "_" in name:
+                continue  # ambiguous with "-" once mangled: never trust it
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if key in environ:
+                environ[key] += "," + value
+            else:
+                environ[key] = value
+        return environ
+
+    def _client(self) -> str:
+        addr = self.addr
+        return addr[0] if isinstance(addr, tuple) else str(addr or "-")
+
+    # -- upgrade -----------------------------------------------------------------
+
+    def upgrade(
+        self,
+        subprotocols: Optional[list[str]] = None,
+        *,
+        key: Optional[str] = None,
+        choose: Optional[str] = None,
+    ) -> WebSocket:
+        """Complete the WebSocket handshake for the current request.
+
+        ``subprotocols``: the server's, in preference order; ``choose``: one
+        subprotocol to answer with if the client offered it (uWSGI's
+        ``proto``). Raises :class:`~geows.InvalidHandshake` (nothing is
+        written) when the request is not a valid upgrade.
+        """
+        request = self.request
+        if request is None:
+            raise RuntimeError("no request to upgrade")
+        if self.websocket is not None:
+            raise RuntimeError("the connection is already a WebSocket")
+        if self._headers_sent:
+            raise RuntimeError("a response was already started")
+        client_key = handshake.check_request(
+            request.method,
+            request.version,
+            request.get,
+            has_body=request.body_kind != "none",
+        )
+        if key:
+            key = key.strip()
+            if key != client_key:
+                handshake.check_request(
+                    "GET", "HTTP/1.1", {"sec-websocket-key": key, **_UPGRADE}.get
+                )
+        offered = handshake.offered_subprotocols(request.get("sec-websocket-protocol"))
+        wanted = [choose] if choose else subprotocols
+        subprotocol = handshake.select_subprotocol(offered, wanted)
+        self.sock.sendall(handshake.response_bytes(key or client_key, subprotocol))
+        self._headers_sent = True
+        self._status = "101"
+        settings = self.settings
+        initial = bytes(self.buf)
+        self.buf.clear()
+        self.sock.settimeout(None)
+        ws = WebSocket(
+            self.sock,
+            self.environ,
+            subprotocol=subprotocol,
+            limits=settings.limits,
+            timeouts=settings.timeouts,
+            registry=settings.registry,
+            initial=initial,
+            on_finish=self._websocket_finished if settings.access_log else None,
+        )
+        self.websocket = ws
+        return ws
+
+    def _websocket_finished(self, ws: WebSocket) -> None:
+        request = self.request
+        access_log.info(
+            '%s - "WEBSOCKET %s" %d in=%d out=%d %.1fs',
+            self._client(),
+            request.target if request else "-",
+            ws.close_code or 1006,
+            ws.messages_in,
+            ws.messages_out,
+            get_hub().loop.now() - ws.opened_at,
+        )
+
+
+_UPGRADE = {
+    "upgrade": "websocket",
+    "connection": "upgrade",
+    "sec-websocket-version": "13",
+}
+
+
+class Input:
+    """``wsgi.input``: the request body, by Content-Length or chunked."""
+
+    def __init__(self, conn: HTTPConnection, request: Request) -> None:
+        self._conn = conn
+        self._kind = request.body_kind
+        self._left = request.content_length or 0
+        self._decoder: Optional[ChunkedDecoder] = None
+        self._pending = bytearray()
+        self._done = self._kind == "none" or (self._kind == "length" and not self._left)
+        self._continue = (
+            not self._done
+            and request.version == "HTTP/1.1"
+            and request.has_token("expect", "100-continue")
+        )
+        if self._kind == "chunked":
+            self._decoder = ChunkedDecoder(
+                conn.settings.http_limits, conn.settings.max_body
+            )
+
+    def _recv(self) -> bytes:
+        conn = self._conn
+        if conn.buf:
+            data = bytes(conn.buf)
+            conn.buf.clear()
+            return data
+        if self._continue:
+            self._continue = False
+            conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        conn.sock.settimeout(conn.settings.body_timeout)
+        data = conn.sock.recv(_RECV)
+        if not data:
+            raise _Closed()
+        return data
+
+    def _fill(self) -> bool:
+        """Read more of the body into ``_pending``; False at its end."""
+        if self._done:
+            return False
+        data = self._recv()
+        if self._decoder is None:
+            if len(data) > self._left:
+                self._conn.buf[:0] = data[self._left :]  # the next request
+                data = data[: self._left]
+            self._left -= len(data)
+            self._pending += data
+            self._done = not self._left
+            return True
+        decoder = self._decoder
+        try:
+            for piece in decoder.feed(data):
+                self._pending += piece
+        except HTTPError:
+            self._conn._keep_alive = False
+            raise
+        if decoder.done:
+            self._done = True
+            if decoder.unused:
+                self._conn.buf[:0] = decoder.unused
+        return True
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        """Read at most ``size`` bytes (all when negative or None)."""
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data = bytes(self._pending)
+            self._pending.clear()
+            return data
+        while len(self._pending) < size and self._fill():
+            pass
+        data = bytes(self._pending[:size])
+        del self._pending[:size]
+        return data
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        """Read one line (with its newline), at most ``size`` bytes."""
+        limit = size if size is not None and size >= 0 else None
+        while True:
+            nl = self._pending.find(b"\n")
+            if nl >= 0:
+                end = nl + 1
+                break
+            if limit is not None and len(self._pending) >= limit:
+                end = limit
+                break
+            if not self._fill():
+                end = len(self._pending)
+                break
+        if limit is not None:
+            end = min(end, limit)
+        data = bytes(self._pending[:end])
+        del self._pending[:end]
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        """All remaining lines."""
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Input:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def finish(self) -> bool:
+        """Skip an unread body so the next request can be read; False if we
+        would rather close the connection than read that much.
+        """
+        if self._done:
+            return True
+        if self._continue:
+            return False  # the client waits for 100; it will not send a body
+        skipped = 0
+        try:
+            while self._fill():
+                skipped += len(self._pending)
+                self._pending.clear()
+                if skipped > _MAX_DRAIN:
+                    return False
+        except (OSError, HTTPError, _Closed):
+            return False
+        return True
