@@ -1,0 +1,115 @@
+"""Start and stop real ``geows serve`` processes on 127.0.0.1 for tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "tests" / "apps"
+EXAMPLES = ROOT / "examples"
+_SERVING = re.compile(r"serving .* on http://(\[?[0-9a-f.:]+\]?):(\d+)/")
+
+
+class ServerProcess:
+    """A running ``geows serve``; its log lines accumulate in ``lines``."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.port = 0
+        self.host = "127.0.0.1"
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            match = _SERVING.search(line)
+            if match and not self._ready.is_set():
+                self.host = match.group(1).strip("[]")
+                self.port = int(match.group(2))
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
+        """The first log line matching ``pattern`` (regex), waiting for it."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if regex.search(line):
+                    return line
+            time.sleep(0.02)
+        raise AssertionError(f"no log line matching {pattern!r} in:\n{self.log}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the server and wait for its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"server did not stop on {sig}:\n{self.log}") from None
+
+
+def start_server(
+    app: str | Path, *args: str, env: Optional[dict[str, str]] = None
+) -> ServerProcess:
+    """Start ``geows serve APP --http 127.0.0.1:0 ARGS`` and wait until it listens."""
+    cmd = [sys.executable, "-m", "geows", "serve", str(app)]
+    if not any(a.startswith("--http") or a == "--ini" for a in args):
+        cmd += ["--http", "127.0.0.1:0"]
+    cmd += list(args)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=str(ROOT),
+    )
+    server = ServerProcess(proc)
+    if not server._ready.wait(20) or not server.port:
+        proc.kill()
+        raise AssertionError(f"server did not start: {cmd}\n{server.log}")
+    return server
+
+
+@contextmanager
+def running(
+    app: str | Path, *args: str, env: Optional[dict[str, str]] = None
+) -> Iterator[ServerProcess]:
+    """``with running(app) as server:`` -- stopped (SIGTERM) on exit."""
+    server = start_server(app, *args, env=env)
+    try:
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
