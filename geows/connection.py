@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from typing import Any, Callable, Optional, Union
@@ -78,6 +79,7 @@ class WebSocket:
         self._proto = ServerProtocol(limits)
         self._loop = loop = get_hub().loop
         self._rwatch = loop.io(self._fd, 1)
+        self._scratch = _scratch_buffer(get_hub())
         self._wwatch: Any = None
         self._timer: Any = None
         self._queue: deque[Message] = deque()
@@ -263,16 +265,17 @@ class WebSocket:
     # -- read side (hub callbacks) ---------------------------------------------
 
     def _on_readable(self) -> None:
+        scratch = self._scratch
         try:
-            data = self._raw.recv(_RECV_SIZE)
+            n = self._raw.recv_into(scratch)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self.error = exc
             self._finish()
             return
-        if data:
-            self._on_data(data)
+        if n:
+            self._on_data(scratch[:n])
         else:
             self._on_eof()
 
@@ -280,7 +283,7 @@ class WebSocket:
         proto = self._proto
         self.last_recv = self._loop.now()
         events = proto.receive_data(data)
-        if proto.has_output:
+        if proto.output:
             self._write(proto.data_to_send())
         queue = self._queue
         for event in events:
@@ -491,6 +494,22 @@ class WebSocket:
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.remote_addr} {self._proto.state.name}>"
+
+
+def _scratch_buffer(hub: Any) -> memoryview:
+    """The read buffer of this hub, shared by its connections.
+
+    Safe to share: a read callback hands it to ``ServerProtocol``, which
+    copies what it keeps, before anything can switch greenlets; one buffer
+    per hub (so per thread) instead of 256 KiB per idle connection.
+    """
+    scratch = _SCRATCH.get(hub)
+    if scratch is None:
+        scratch = _SCRATCH[hub] = memoryview(bytearray(_RECV_SIZE))
+    return scratch
+
+
+_SCRATCH: weakref.WeakKeyDictionary[Any, memoryview] = weakref.WeakKeyDictionary()
 
 
 def _first(chunks: deque[memoryview], n: int) -> Iterator[memoryview]:

@@ -138,7 +138,9 @@ class ServerProtocol:
         self._max_size = limits.max_message_size
         self.state = State.OPEN
         self._buf = bytearray()
-        self._out: list[bytes] = []
+        #: Frames the protocol queued itself (pongs, close replies); the I/O
+        #: layer checks it after each feed and flushes :meth:`data_to_send`.
+        self.output: list[bytes] = []
         # Fragmented message being assembled: opcode (0 = none), parts, size.
         self._frag_opcode = 0
         self._frag_parts: list[bytes] = []
@@ -160,11 +162,14 @@ class ServerProtocol:
         """Feed bytes read from the socket; return the events they complete."""
         if self.failure is not None or self.state is State.CLOSED:
             return []  # RFC 6455 7.1.7: after failing, input is discarded.
-        buf = self._buf
-        if buf:
+        buf: BytesLike
+        if self._buf:
+            buf = self._buf
             buf += data
         else:
-            buf = self._buf = bytearray(data)
+            # Nothing held over: parse the caller's buffer in place and copy
+            # only an incomplete tail (the common case copies nothing).
+            buf = data
         events: list[Event] = []
         pos = 0
         end = len(buf)
@@ -205,8 +210,11 @@ class ServerProtocol:
         except ProtocolError as exc:
             self._fail(exc)
             return events
-        if pos:
-            del buf[:pos]
+        if buf is self._buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end and self.close_received is None:
+            self._buf = bytearray(buf[pos:])
         return events
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
@@ -269,7 +277,7 @@ class ServerProtocol:
         """Handle a control frame; queue the reply it calls for."""
         if opcode == OP_PING:
             if self.state is State.OPEN:
-                self._out.append(frame_header(OP_PONG, len(payload)) + payload)
+                self.output.append(frame_header(OP_PONG, len(payload)) + payload)
             return Ping(payload)
         if opcode == OP_PONG:
             return Pong(payload)
@@ -283,7 +291,7 @@ class ServerProtocol:
         if self.state is State.OPEN:
             # 5.5.1: answer with the same code; an empty close with an empty one.
             self.close_sent = (code, "")
-            self._out.append(self._close_frame(code, ""))
+            self.output.append(self._close_frame(code, ""))
         self.state = State.CLOSED
         self._buf = bytearray()
         return Close(code, reason)
@@ -301,23 +309,18 @@ class ServerProtocol:
         if self.state is State.OPEN:
             self.close_sent = (exc.code, "")
             # Never the internal text: just the code.
-            self._out.append(self._close_frame(exc.code, ""))
+            self.output.append(self._close_frame(exc.code, ""))
             self.state = State.CLOSING
 
     # -- output --------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
         """Bytes the protocol queued on its own (pongs, close replies)."""
-        if not self._out:
+        if not self.output:
             return b""
-        out = b"".join(self._out)
-        self._out.clear()
+        out = b"".join(self.output)
+        self.output.clear()
         return out
-
-    @property
-    def has_output(self) -> bool:
-        """Whether :meth:`data_to_send` has anything."""
-        return bool(self._out)
 
     def _check_open(self) -> None:
         if self.state is not State.OPEN:
