@@ -162,6 +162,10 @@ class Config:
 _FIELDS = {f.name: f for f in fields(Config)}
 
 
+def _default(f: Any) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
 def _type_of(f: Any) -> str:
     return str(f.type)
 
@@ -175,7 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         names = _names(f)
         meta = f.metadata
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        default = _default(f)
         kind = _type_of(f)
         helptext = meta["help"]
         if f.name == "app":

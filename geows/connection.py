@@ -279,7 +279,7 @@ class WebSocket:
         else:
             self._on_eof()
 
-    def _on_data(self, data: bytes) -> None:
+    def _on_data(self, data: BytesLike) -> None:
         proto = self._proto
         self.last_recv = self._loop.now()
         events = proto.receive_data(data)

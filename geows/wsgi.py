@@ -570,7 +570,7 @@ class Input:
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         """All remaining lines."""
-        lines = []
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()
