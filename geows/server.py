@@ -38,6 +38,7 @@ class Server:
             settings = _with_registry(settings, self.registry)
         self.settings = settings
         self.pool = Pool(max_connections)
+        self.connections: dict[gevent.Greenlet, HTTPConnection] = {}
         self.servers = [
             StreamServer(listener, self._handle, spawn=self.pool, backlog=2048)
             for listener in listeners
@@ -63,7 +64,13 @@ class Server:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Small frames go out at once instead of waiting for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        HTTPConnection(self.settings, sock, addr).run()
+        conn = HTTPConnection(self.settings, sock, addr)
+        current = gevent.getcurrent()
+        self.connections[current] = conn
+        try:
+            conn.run()
+        finally:
+            del self.connections[current]
 
     def stop(self, timeout: Optional[float] = 10.0) -> None:
         """Graceful stop: no new connections, close 1001 to every WebSocket,
@@ -72,6 +79,12 @@ class Server:
         for server in self.servers:
             server.close()  # stop accepting; open connections go on
         self.registry.close_all(1001, "going away")
+        # Kept-alive HTTP connections waiting for a request end now; those
+        # mid-request finish it (and then close: no keep-alive while stopping).
+        for greenlet, conn in list(self.connections.items()):
+            conn.stopping = True
+            if conn.idle:
+                greenlet.kill(block=False)
         if not self.pool.join(timeout=timeout):
             log.warning(
                 "%d connections still open after %ss; closing them",

@@ -103,6 +103,11 @@ class HTTPConnection:
         self._sent = 0
         self._keep_alive = True
         self._input: Optional[Input] = None
+        #: True while waiting for the next request with nothing read yet: a
+        #: stopping server may close such a connection at once.
+        self.idle = False
+        #: Set by a stopping server: finish this request, then close.
+        self.stopping = False
 
     # -- the loop --------------------------------------------------------------
 
@@ -110,7 +115,7 @@ class HTTPConnection:
         """Serve requests until the client leaves, errs or upgrades."""
         current_connection.set(self)
         try:
-            while self._keep_alive:
+            while self._keep_alive and not self.stopping:
                 request = self._read_request()
                 if request is None:
                     return
@@ -152,10 +157,13 @@ class HTTPConnection:
                     self._refuse(HTTPStatus.REQUEST_TIMEOUT)
                 return None
             self.sock.settimeout(remaining)
+            self.idle = not buf
             try:
                 data = self.sock.recv(_RECV)
             except socket.timeout:
                 continue
+            finally:
+                self.idle = False
             if not data:
                 return None
             buf += data
