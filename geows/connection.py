@@ -55,6 +55,45 @@ class WebSocket:
     :meth:`recv`.
     """
 
+    # Slots: thousands of idle connections each save a dict (see loadtest e).
+    __slots__ = (
+        "__weakref__",
+        "_after_flush",
+        "_chunks",
+        "_discard",
+        "_drain_waiters",
+        "_fd",
+        "_finished",
+        "_high",
+        "_loop",
+        "_max_queued",
+        "_on_finish",
+        "_paused",
+        "_pending",
+        "_proto",
+        "_queue",
+        "_raw",
+        "_registry",
+        "_rwatch",
+        "_scratch",
+        "_sock",
+        "_timer",
+        "_waiter",
+        "_wwatch",
+        "environ",
+        "error",
+        "last_progress",
+        "last_recv",
+        "limits",
+        "messages_in",
+        "messages_out",
+        "next_ping",
+        "opened_at",
+        "ping_sent_at",
+        "subprotocol",
+        "timeouts",
+    )
+
     def __init__(
         self,
         sock: socket.socket,
@@ -82,11 +121,14 @@ class WebSocket:
         self._scratch = _scratch_buffer(get_hub())
         self._wwatch: Any = None
         self._timer: Any = None
-        self._queue: deque[Message] = deque()
+        # Few messages wait at once (max_queued_messages): a list is smaller
+        # than a deque per idle connection and pop(0) is cheap at that size.
+        self._queue: list[Message] = []
+        self._discard = False
         self._max_queued = limits.max_queued_messages
         self._paused = False
         self._waiter: Optional[Waiter] = None
-        self._chunks: deque[memoryview] = deque()
+        self._chunks: Optional[deque[memoryview]] = None  # made when a send blocks
         self._pending = 0
         self._drain_waiters: list[Waiter] = []
         self._high = limits.write_buffer_high
@@ -166,7 +208,7 @@ class WebSocket:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
-        message = queue.popleft()
+        message = queue.pop(0)
         if self._paused and len(queue) <= self._max_queued // 2:
             self._resume()
         return message
@@ -178,7 +220,7 @@ class WebSocket:
         """
         queue = self._queue
         if queue:
-            message = queue.popleft()
+            message = queue.pop(0)
             if self._paused and len(queue) <= self._max_queued // 2:
                 self._resume()
             return message
@@ -232,8 +274,10 @@ class WebSocket:
         """
         frame = self._proto.send_close(code, reason)
         if frame and not self._finished:
+            # The app is done reading: drop what comes before the peer's close
+            # and read on until it arrives (RFC 6455 7.1.2).
             self._queue.clear()
-            self._max_queued = 1 << 30  # read on, to find the peer's close
+            self._discard = True
             self._resume()
             self._write(frame)
             self._start_timer(self.timeouts.close_timeout, self._finish)
@@ -289,7 +333,8 @@ class WebSocket:
         for event in events:
             if type(event) is Message:
                 self.messages_in += 1
-                queue.append(event)
+                if not self._discard:
+                    queue.append(event)
             elif type(event) is Close:
                 self._closing_handshake_done()
         if self._finished:
@@ -362,6 +407,8 @@ class WebSocket:
                 return
             self.last_progress = self._loop.now()
             view = memoryview(data)[sent:]
+            if self._chunks is None:
+                self._chunks = deque()
             self._chunks.append(view)
             self._pending = len(view)
             if self._wwatch is None:
@@ -373,6 +420,7 @@ class WebSocket:
 
     def _on_writable(self) -> None:
         chunks = self._chunks
+        assert chunks is not None
         try:
             if len(chunks) == 1:
                 sent = self._raw.send(chunks[0])
@@ -467,7 +515,7 @@ class WebSocket:
             self._wwatch.stop()
         if self._timer is not None:
             self._timer.stop()
-        self._chunks.clear()
+        self._chunks = None
         self._pending = 0
         try:
             self._sock.close()

@@ -66,6 +66,8 @@ def check_request(
         )
     if version != "HTTP/1.1":
         raise InvalidHandshake("WebSocket upgrade needs HTTP/1.1")
+    if not get("host"):
+        raise InvalidHandshake("missing Host")  # 4.2.1 item 2
     if not has_token(get("upgrade"), "websocket"):
         raise InvalidHandshake(
             "missing Upgrade: websocket",

@@ -87,6 +87,26 @@ class _Closed(Exception):
 class HTTPConnection:
     """One client connection: HTTP/1.1 requests, then maybe a WebSocket."""
 
+    __slots__ = (
+        "_chunked",
+        "_headers",
+        "_headers_sent",
+        "_input",
+        "_keep_alive",
+        "_length",
+        "_sent",
+        "_status",
+        "addr",
+        "buf",
+        "environ",
+        "idle",
+        "request",
+        "settings",
+        "sock",
+        "stopping",
+        "websocket",
+    )
+
     def __init__(self, settings: Settings, sock: socket.socket, addr: Any) -> None:
         self.settings = settings
         self.sock = sock
@@ -459,6 +479,9 @@ class HTTPConnection:
             on_finish=self._websocket_finished if settings.access_log else None,
         )
         self.websocket = ws
+        # The environ keeps the headers; the parsed copy would only cost
+        # every idle WebSocket a kilobyte.
+        request.headers.clear()
         return ws
 
     def _websocket_finished(self, ws: WebSocket) -> None:
@@ -483,6 +506,16 @@ _UPGRADE = {
 
 class Input:
     """``wsgi.input``: the request body, by Content-Length or chunked."""
+
+    __slots__ = (
+        "_conn",
+        "_continue",
+        "_decoder",
+        "_done",
+        "_kind",
+        "_left",
+        "_pending",
+    )
 
     def __init__(self, conn: HTTPConnection, request: Request) -> None:
         self._conn = conn

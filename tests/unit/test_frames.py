@@ -10,6 +10,7 @@ import struct
 
 import pytest
 
+from geows import frames
 from geows.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -121,34 +122,70 @@ class TestSection5_2BaseFraming:
 # -- RFC 6455 5.3: client-to-server masking -----------------------------------
 
 
+def _maskers():
+    """Every apply_mask: the pure-Python fallback and, if built, the C one."""
+    found = [pytest.param(frames._apply_mask_py, id="python")]
+    try:
+        from geows._speedups import apply_mask as c_apply_mask
+    except ImportError:
+        pass
+    else:
+        found.append(pytest.param(c_apply_mask, id="c-speedup"))
+    return found
+
+
 class TestSection5_3Masking:
-    @pytest.mark.parametrize("length", [0, 1, 2, 3, 4, 5, 7, 8, 9, 1000, 65537])
-    def test_masking_twice_gives_back_the_payload(self, length):
+    def test_the_module_uses_one_of_the_known_implementations(self):
+        assert apply_mask in [p.values[0] for p in _maskers()]
+
+    @pytest.mark.parametrize("mask_fn", _maskers())
+    @pytest.mark.parametrize(
+        "length", [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 1000, 65537]
+    )
+    def test_masking_twice_gives_back_the_payload(self, mask_fn, length):
         payload = bytes((i * 7 + 3) & 0xFF for i in range(length))
-        masked = apply_mask(payload, MASK)
+        masked = mask_fn(payload, MASK)
         assert len(masked) == length
-        assert apply_mask(masked, MASK) == payload
+        assert mask_fn(masked, MASK) == payload
 
-    def test_masking_xors_byte_i_with_key_byte_i_mod_4(self):
-        payload = bytes(range(10))
+    @pytest.mark.parametrize("mask_fn", _maskers())
+    @pytest.mark.parametrize("length", [1, 3, 8, 10, 17, 64, 301])
+    def test_masking_xors_byte_i_with_key_byte_i_mod_4(self, mask_fn, length):
+        payload = bytes((i * 31) & 0xFF for i in range(length))
         expected = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
-        assert apply_mask(payload, MASK) == expected
+        assert mask_fn(payload, MASK) == expected
 
-    def test_masking_an_empty_payload_gives_empty_bytes(self):
-        assert apply_mask(b"", MASK) == b""
+    @pytest.mark.parametrize("mask_fn", _maskers())
+    def test_masking_an_empty_payload_gives_empty_bytes(self, mask_fn):
+        assert mask_fn(b"", MASK) == b""
 
-    def test_masking_accepts_bytearray_and_memoryview(self):
+    @pytest.mark.parametrize("mask_fn", _maskers())
+    def test_masking_returns_bytes(self, mask_fn):
+        assert type(mask_fn(bytearray(b"abcde"), MASK)) is bytes
+
+    @pytest.mark.parametrize("mask_fn", _maskers())
+    def test_masking_accepts_bytearray_and_memoryview(self, mask_fn):
         payload = b"Hello, world"
-        expected = apply_mask(payload, MASK)
-        assert apply_mask(bytearray(payload), MASK) == expected
-        assert apply_mask(memoryview(payload), MASK) == expected
+        expected = mask_fn(payload, MASK)
+        assert mask_fn(bytearray(payload), MASK) == expected
+        assert mask_fn(memoryview(payload), MASK) == expected
+        assert mask_fn(memoryview(b"xx" + payload)[2:], MASK) == expected
 
-    def test_masking_keeps_leading_zero_bytes(self):
+    @pytest.mark.parametrize("mask_fn", _maskers())
+    def test_masking_keeps_leading_zero_bytes(self, mask_fn):
         # An int-based XOR must not drop high-order zero bytes.
-        assert apply_mask(MASK * 3, MASK) == b"\x00" * 12
+        assert mask_fn(MASK * 3, MASK) == b"\x00" * 12
 
-    def test_the_all_zero_key_leaves_the_payload_unchanged(self):
-        assert apply_mask(b"abcdef", b"\x00\x00\x00\x00") == b"abcdef"
+    @pytest.mark.parametrize("mask_fn", _maskers())
+    def test_the_all_zero_key_leaves_the_payload_unchanged(self, mask_fn):
+        assert mask_fn(b"abcdef", b"\x00\x00\x00\x00") == b"abcdef"
+
+    @pytest.mark.parametrize("mask_fn", _maskers())
+    def test_the_result_does_not_alias_the_input(self, mask_fn):
+        data = bytearray(b"abcdefgh")
+        masked = mask_fn(memoryview(data), MASK)
+        data[:] = b"\x00" * 8
+        assert mask_fn(masked, MASK) == b"abcdefgh"
 
 
 # -- RFC 6455 5.7: examples -----------------------------------------------------

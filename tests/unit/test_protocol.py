@@ -8,8 +8,8 @@ and that any further input is discarded.
 
 from __future__ import annotations
 
-import codecs
 import struct
+from typing import Optional
 
 import pytest
 from hypothesis import given, settings
@@ -89,8 +89,8 @@ def assert_failed(proto: ServerProtocol, code: int) -> None:
     assert isinstance(proto.closed_exception(), ConnectionClosedError)
 
 
-def fail_with(data: bytes, limits: Limits = Limits()) -> ServerProtocol:
-    proto = ServerProtocol(limits)
+def fail_with(data: bytes, limits: Optional[Limits] = None) -> ServerProtocol:
+    proto = ServerProtocol(limits or Limits())
     proto.receive_data(data)
     return proto
 
@@ -127,7 +127,10 @@ class TestSection5_6DataFrames:
     def test_several_frames_in_one_feed_give_several_messages(self):
         data = frame(OP_TEXT, b"one") + frame(OP_BINARY, b"two")
         events = ServerProtocol().receive_data(data)
-        assert summary(events) == [("message", b"one", "one"), ("message", b"two", None)]
+        assert summary(events) == [
+            ("message", b"one", "one"),
+            ("message", b"two", None),
+        ]
 
     def test_an_incomplete_frame_waits_for_the_rest(self):
         proto = ServerProtocol()
@@ -169,6 +172,70 @@ class TestSection5_6DataFrames:
         assert expected[0] == ("ping", b"p1")
         assert expected[2] == ("message", "Hello wörld!".encode(), "Hello wörld!")
         assert expected[-1] == ("close", 1001, "bye")
+
+
+class TestCallerBuffers:
+    """The I/O layer reads into one scratch buffer and reuses it at once.
+
+    receive_data() parses the caller's buffer in place, so nothing it returns
+    or keeps may point into that buffer.
+    """
+
+    @staticmethod
+    def feed_through_scratch(proto: ServerProtocol, data: bytes, scratch):
+        scratch[: len(data)] = data
+        events = proto.receive_data(memoryview(scratch)[: len(data)])
+        scratch[:] = b"\xee" * len(scratch)  # the next recv_into overwrites it
+        return events
+
+    def test_messages_survive_the_reuse_of_the_callers_buffer(self):
+        scratch = bytearray(4096)
+        proto = ServerProtocol()
+        data = frame(OP_TEXT, b"first") + frame(OP_BINARY, b"\x01" * 200)
+        events = self.feed_through_scratch(proto, data, scratch)
+        assert summary(events) == [
+            ("message", b"first", "first"),
+            ("message", b"\x01" * 200, None),
+        ]
+
+    def test_an_incomplete_tail_is_copied_before_the_buffer_is_reused(self):
+        scratch = bytearray(4096)
+        proto = ServerProtocol()
+        data = frame(OP_TEXT, b"one") + frame(OP_TEXT, b"two" * 50)
+        cut = len(frame(OP_TEXT, b"one")) + 5  # inside the second header/mask
+        first = self.feed_through_scratch(proto, data[:cut], scratch)
+        assert summary(first) == [("message", b"one", "one")]
+        second = self.feed_through_scratch(proto, data[cut:], scratch)
+        assert summary(second) == [("message", b"two" * 50, "two" * 50)]
+
+    def test_fragments_and_pings_survive_the_reuse_of_the_callers_buffer(self):
+        scratch = bytearray(4096)
+        proto = ServerProtocol()
+        chunks = [
+            frame(OP_TEXT, b"ab", fin=False) + frame(OP_PING, b"pp")[:3],
+            frame(OP_PING, b"pp")[3:] + frame(OP_CONT, b"cd", fin=False),
+            frame(OP_CONT, b"ef"),
+        ]
+        events = []
+        for chunk in chunks:
+            events += self.feed_through_scratch(proto, chunk, scratch)
+        assert summary(events) == [("ping", b"pp"), ("message", b"abcdef", "abcdef")]
+        assert proto.data_to_send() == b"\x8a\x02pp"
+
+    def test_byte_by_byte_through_one_scratch_buffer_gives_the_same_events(self):
+        stream = (
+            frame(OP_BINARY, b"x" * 130, fin=False)
+            + frame(OP_PONG, b"q")
+            + frame(OP_CONT, b"y")
+            + close_frame(1000)
+        )
+        expected = summary(ServerProtocol().receive_data(stream))
+        scratch = bytearray(1)
+        proto = ServerProtocol()
+        events = []
+        for i in range(len(stream)):
+            events += self.feed_through_scratch(proto, stream[i : i + 1], scratch)
+        assert summary(events) == expected
 
 
 # -- RFC 6455 5.4: fragmentation ------------------------------------------------
@@ -224,9 +291,7 @@ class TestSection5_4Fragmentation:
             + frame(OP_CONT, euro[1:2], fin=False)
             + frame(OP_CONT, euro[2:])
         )
-        assert summary(ServerProtocol().receive_data(data)) == [
-            ("message", euro, "€")
-        ]
+        assert summary(ServerProtocol().receive_data(data)) == [("message", euro, "€")]
 
     def test_a_new_message_can_follow_a_fragmented_one(self):
         data = (
@@ -266,9 +331,7 @@ PROTOCOL_ERRORS = [
     pytest.param(frame(OP_CLOSE, b"", fin=False), id="a-fragmented-close-5.4"),
     pytest.param(frame(OP_PING, b"x" * 126), id="a-126-byte-ping-5.5"),
     pytest.param(frame(OP_PONG, b"x" * 126), id="a-126-byte-pong-5.5"),
-    pytest.param(
-        frame(OP_CLOSE, b"\x03\xe8" + b"x" * 124), id="a-126-byte-close-5.5"
-    ),
+    pytest.param(frame(OP_CLOSE, b"\x03\xe8" + b"x" * 124), id="a-126-byte-close-5.5"),
     pytest.param(frame(OP_CONT, b"x"), id="a-continuation-without-start-5.4"),
     pytest.param(
         frame(OP_CONT, b"x", fin=False), id="an-unfinished-continuation-first-5.4"
@@ -322,7 +385,7 @@ class TestFailingTheConnection:
         proto = ServerProtocol()
         assert proto.receive_data(encode_frame(OP_TEXT, b"x")) == []
         assert isinstance(proto.failure, ProtocolError)
-        assert proto.has_output
+        assert proto.output  # the I/O layer's cue to flush data_to_send()
 
 
 # -- RFC 6455 8.1: UTF-8 in text messages -------------------------------------------
@@ -336,7 +399,9 @@ INVALID_UTF8 = [
     pytest.param(b"\xed\xa0\x80", id="surrogate-d800"),
     pytest.param(b"\xf4\x90\x80\x80", id="above-u10ffff"),
     pytest.param(b"\xe2\x82", id="truncated-at-the-end"),
-    pytest.param(b"abc\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", id="mixed"),
+    pytest.param(
+        b"abc\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", id="mixed"
+    ),
 ]
 
 
@@ -557,10 +622,10 @@ class TestSection5_5_2PingAndPong:
         proto = ServerProtocol()
         assert summary(proto.receive_data(frame(OP_PONG, b"yo"))) == [("pong", b"yo")]
         assert proto.data_to_send() == b""
-        assert not proto.has_output
+        assert not proto.output
 
 
-# -- RFC 6455 5.5.1, 7.1: the closing handshake ------------------------------------------
+# -- RFC 6455 5.5.1, 7.1: the closing handshake ------------------------------------
 
 
 class TestSection5_5_1ClosingHandshake:
