@@ -88,6 +88,7 @@ class HTTPConnection:
     """One client connection: HTTP/1.1 requests, then maybe a WebSocket."""
 
     __slots__ = (
+        "_bodiless",
         "_chunked",
         "_headers",
         "_headers_sent",
@@ -119,6 +120,7 @@ class HTTPConnection:
         self._headers: list[tuple[str, str]] = []
         self._headers_sent = False
         self._chunked = False
+        self._bodiless = False
         self._length: Optional[int] = None
         self._sent = 0
         self._keep_alive = True
@@ -205,6 +207,7 @@ class HTTPConnection:
         self._headers = []
         self._headers_sent = False
         self._chunked = False
+        self._bodiless = False
         self._length = None
         self._sent = 0
         self._keep_alive = request.keep_alive
@@ -230,6 +233,13 @@ class HTTPConnection:
                     self._finish_empty()
                 elif self._chunked:
                     self.sock.sendall(b"0\r\n\r\n")
+                elif (
+                    self._length is not None
+                    and self._sent < self._length
+                    and not self._bodiless
+                ):
+                    log.error("response of %s shorter than its Content-Length", request)
+                    self._keep_alive = False  # the client still waits for bytes
         except _Closed:
             raise
         except Exception as exc:
@@ -315,6 +325,15 @@ class HTTPConnection:
             raise AssertionError("write() before start_response()")
         if not self._headers_sent:
             self._send_head(len(data))
+        if self._bodiless:
+            return  # HEAD, 204, 304: the head says it all (RFC 9110 9.3.2)
+        length = self._length
+        if length is not None and self._sent + len(data) > length:
+            # More than the app's Content-Length: send what it promised,
+            # then close rather than desynchronise the connection.
+            data = data[: length - self._sent]
+            self._keep_alive = False
+            log.error("response of %s longer than its Content-Length", self.request)
         if self._chunked:
             self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
         else:
@@ -352,7 +371,9 @@ class HTTPConnection:
             elif lname == "connection" and "close" in value.lower():
                 self._keep_alive = False
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-        bodiless = code in ("204", "304") or code[0] == "1" or request.method == "HEAD"
+        bodiless = self._bodiless = (
+            code in ("204", "304") or code[0] == "1" or request.method == "HEAD"
+        )
         if not has_length and not bodiless:
             if complete:
                 lines.append(b"Content-Length: 0\r\n")
