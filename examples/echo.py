@@ -1,6 +1,6 @@
 """Echo server in uWSGI's style: runs unmodified under uWSGI and geows.
 
-    geows serve examples/echo.py      # then open http://127.0.0.1:8000/
+geows serve examples/echo.py      # then open http://127.0.0.1:8000/
 """
 
 import uwsgi

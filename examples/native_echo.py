@@ -1,6 +1,6 @@
 """Echo with geows' native API: text stays text, binary stays binary.
 
-    geows serve examples/native_echo.py
+geows serve examples/native_echo.py
 """
 
 import geows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import replace
 from typing import Any, Optional
 
 import gevent
@@ -33,9 +34,10 @@ class Server:
         *,
         max_connections: int = 10000,
     ) -> None:
-        self.registry = settings.registry or Registry(settings.timeouts)
         if settings.registry is None:
-            settings = _with_registry(settings, self.registry)
+            settings = replace(settings, registry=Registry(settings.timeouts))
+        assert settings.registry is not None
+        self.registry: Registry = settings.registry
         self.settings = settings
         self.pool = Pool(max_connections)
         self.connections: dict[gevent.Greenlet, HTTPConnection] = {}
@@ -98,9 +100,3 @@ class Server:
         for server in self.servers:
             server.stop(timeout=0)
         gevent.idle()
-
-
-def _with_registry(settings: Settings, registry: Registry) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, registry=registry)
