@@ -59,9 +59,11 @@ class WebSocket:
     __slots__ = (
         "__weakref__",
         "_after_flush",
+        "_app_reads",
         "_chunks",
         "_discard",
         "_drain_waiters",
+        "_failing",
         "_fd",
         "_finished",
         "_high",
@@ -115,7 +117,9 @@ class WebSocket:
         # watchers below do the waiting, so the raw one is what we call.
         self._raw: socket.socket = getattr(sock, "_sock", sock)
         self._fd = sock.fileno()
-        self._proto = ServerProtocol(limits)
+        # A protocol error is enacted by _fail_now, so that an app waiting in
+        # recv can answer the messages before the bad frame first.
+        self._proto = ServerProtocol(limits, defer_failure=True)
         self._loop = loop = get_hub().loop
         self._rwatch = loop.io(self._fd, 1)
         self._scratch = _scratch_buffer(get_hub())
@@ -125,6 +129,8 @@ class WebSocket:
         # than a deque per idle connection and pop(0) is cheap at that size.
         self._queue: list[Message] = []
         self._discard = False
+        self._failing = False
+        self._app_reads = False
         self._max_queued = limits.max_queued_messages
         self._paused = False
         self._waiter: Optional[Waiter] = None
@@ -177,7 +183,22 @@ class WebSocket:
         return self._proto.close_reason
 
     def fileno(self) -> int:
-        """The socket's file descriptor (for ``select``)."""
+        """The socket's file descriptor."""
+        return self._fd
+
+    def app_reads(self) -> int:
+        """Hand reading to the application; returns the socket's descriptor.
+
+        For uWSGI's pattern ``select([connection_fd(), other], ...)`` then
+        ``websocket_recv_nb()``: the descriptor must turn readable when the
+        peer sends, so the background reader stops and :meth:`recv_nowait`
+        reads the socket itself. As in uWSGI, pings and pongs are then seen
+        when the app reads; blocking :meth:`recv` still works. Closing hands
+        reading back to the background.
+        """
+        if not self._app_reads and not self._finished:
+            self._app_reads = True
+            self._rwatch.stop()
         return self._fd
 
     def recv(self, timeout: Optional[float] = None) -> Union[str, bytes]:
@@ -193,19 +214,13 @@ class WebSocket:
     def recv_message(self, timeout: Optional[float] = None) -> Message:
         """The next :class:`~geows.protocol.Message` (payload and text)."""
         queue = self._queue
-        while not queue:
-            if self._finished or self._proto.state is State.CLOSED:
-                raise self._closed_exception()
-            if self._proto.failure is not None:
-                raise self._closed_exception()
-            if self._waiter is not None:
-                raise RuntimeError("another greenlet is already in recv()")
-            waiter = self._waiter = Waiter()
+        if not queue:
+            # One deadline for the whole wait: wake-ups that bring no
+            # message (a ping, a frame dropped while closing) do not reset it.
             timer = None if timeout is None else Timeout.start_new(timeout)
             try:
-                waiter.get()
+                self._wait_message()
             finally:
-                self._waiter = None
                 if timer is not None:
                     timer.cancel()
         message = queue.pop(0)
@@ -213,17 +228,47 @@ class WebSocket:
             self._resume()
         return message
 
+    def _wait_message(self) -> None:
+        queue = self._queue
+        while not queue:
+            if self._finished or self._proto.state is State.CLOSED:
+                raise self._closed_exception()
+            if self._proto.failure is not None:
+                self._fail_now()  # the app has had every message before it
+                raise self._closed_exception()
+            if self._waiter is not None:
+                raise RuntimeError("another greenlet is already in recv()")
+            waiter = self._waiter = Waiter()
+            armed = self._app_reads and not self._paused
+            if armed:  # the app reads: read only while it waits here
+                self._rwatch.start(self._on_readable)
+            try:
+                waiter.get()
+            finally:
+                self._waiter = None
+                if armed:
+                    self._rwatch.stop()
+
     def recv_nowait(self) -> Optional[Message]:
         """A complete message if one is queued, else None; never blocks.
 
         Raises :class:`~geows.ConnectionClosed` when closed and drained.
         """
         queue = self._queue
+        if (
+            not queue
+            and self._app_reads
+            and self._waiter is None
+            and not self._finished
+        ):
+            self._on_readable()  # non-blocking: what the socket has now
         if queue:
             message = queue.pop(0)
             if self._paused and len(queue) <= self._max_queued // 2:
                 self._resume()
             return message
+        if self._proto.failure is not None:
+            self._fail_now()
         if self._finished or self._proto.state is not State.OPEN:
             raise self._closed_exception()
         return None
@@ -272,12 +317,18 @@ class WebSocket:
         """Close: send a close frame, wait for the peer's (up to
         ``Timeouts.close_timeout``), then close the TCP connection.
         """
+        if self._proto.failure is not None:
+            self._fail_now()  # with the failure's code; no close will come
+            self.wait_closed()
+            return
         frame = self._proto.send_close(code, reason)
         if frame and not self._finished:
             # The app is done reading: drop what comes before the peer's close
             # and read on until it arrives (RFC 6455 7.1.2).
             self._queue.clear()
             self._discard = True
+            self._app_reads = False
+            self._paused = True
             self._resume()
             self._write(frame)
             self._start_timer(self.timeouts.close_timeout, self._finish)
@@ -340,7 +391,15 @@ class WebSocket:
         if self._finished:
             pass
         elif proto.failure is not None:
-            self._failed()
+            waiter = self._waiter
+            if queue and waiter is not None:
+                # The app waits in recv: it takes the messages that came
+                # before the bad frame and answers them, until it blocks
+                # again, before our close goes out (RFC 6455 7.1.7 stops
+                # processing only after the bad frame; Autobahn 3.2, 4.1.3,
+                # 5.15 expect the answers).
+                waiter.switch(None)
+            self._fail_now()
         elif len(queue) >= self._max_queued and not self._paused:
             self._paused = True
             self._rwatch.stop()
@@ -355,17 +414,31 @@ class WebSocket:
     def _resume(self) -> None:
         if self._paused and not self._finished:
             self._paused = False
-            self._rwatch.start(self._on_readable)
+            if not self._app_reads:
+                self._rwatch.start(self._on_readable)
 
     def _closing_handshake_done(self) -> None:
         """A close frame arrived: the server closes TCP first (RFC 6455 7.1.1)."""
         self._queue_after_flush(self._finish)
+
+    def _fail_now(self) -> None:
+        """Send the close frame of the protocol's failure, then close TCP."""
+        if self._finished or self._failing:
+            return
+        self._failing = True
+        proto = self._proto
+        if proto.state is State.OPEN:  # else our close frame is already out
+            proto.fail_connection()
+            self._write(proto.data_to_send())
+        self._failed()
 
     def _failed(self) -> None:
         """We failed the connection: flush the close frame, then close TCP."""
         self._queue_after_flush(self._shutdown_and_drain)
 
     def _shutdown_and_drain(self) -> None:
+        self._app_reads = False
+        self._paused = True
         # Closing with unread input would send RST and could destroy our
         # close frame in flight; half-close and let the peer finish instead.
         try:
@@ -487,14 +560,30 @@ class WebSocket:
             if self.last_recv >= sent_at:
                 self.ping_sent_at = None
             elif now - sent_at > timeouts.pong_tolerance and not self._paused:
-                self._dead("no pong")
-                return
+                if self._input_waiting():
+                    # Its answer is in the socket, not read yet (the app
+                    # reads itself, or this tick ran before the read
+                    # callback): alive.
+                    self.last_recv = now
+                    self.ping_sent_at = None
+                else:
+                    self._dead("no pong")
+                    return
         if now >= self.next_ping and self._proto.state is State.OPEN:
             self.next_ping = now + interval
-            if self.ping_sent_at is None:
-                self.ping_sent_at = now
+            # Only a ping actually written starts the pong deadline: a peer
+            # that reads a backlog slowly is not dead for one it never got.
             if self._pending <= self._high:
+                if self.ping_sent_at is None:
+                    self.ping_sent_at = now
                 self._write(KEEPALIVE_FRAMES)
+
+    def _input_waiting(self) -> bool:
+        """Whether the peer sent bytes we have not read (a peek, no read)."""
+        try:
+            return bool(self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            return False
 
     def _dead(self, why: str) -> None:
         log.info("websocket %s dead: %s", self.remote_addr, why)
@@ -517,6 +606,12 @@ class WebSocket:
             self._timer.stop()
         self._chunks = None
         self._pending = 0
+        try:
+            # Shut down first: if the app watches this fd itself (select on
+            # connection_fd), gevent defers close() until the hub wakes.
+            self._raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self._sock.close()
         except OSError:

@@ -18,7 +18,14 @@ State rules -- this is the only place that changes ``state``::
 * After CLOSED the server closes TCP first (RFC 6455 7.1.1). After a
   failure it closes TCP once the close frame is flushed.
 * The peer's bad input is never raised to the caller: it fails the
-  connection, records ``failure`` and queues the close frame.
+  connection, records ``failure`` and queues the close frame. With
+  ``defer_failure=True`` it only records ``failure`` (input is discarded from
+  there on) and stays OPEN until the I/O layer calls
+  :meth:`~ServerProtocol.fail_connection`: the application may still answer
+  the messages that came before the bad frame, in order, before the close.
+* Text is validated as its bytes arrive, whatever the fragmenting and the
+  TCP segmentation: invalid UTF-8 fails at the first byte that proves it
+  (RFC 6455 8.1), not when the message or frame is complete.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from geows.frames import (
     BytesLike,
     apply_mask,
     frame_header,
+    is_valid_close_code,
     parse_close,
     parse_header,
     serialize_close,
@@ -133,20 +141,29 @@ class ServerProtocol:
     def __init__(
         self,
         limits: Limits = DEFAULT_LIMITS,
+        *,
+        defer_failure: bool = False,
     ) -> None:
         self.limits = limits
+        #: Whether a protocol error waits for :meth:`fail_connection`.
+        self.defer_failure = defer_failure
         self._max_size = limits.max_message_size
         self.state = State.OPEN
         self._buf = bytearray()
         #: Frames the protocol queued itself (pongs, close replies); the I/O
         #: layer checks it after each feed and flushes :meth:`data_to_send`.
         self.output: list[bytes] = []
-        # Fragmented message being assembled: opcode (0 = none), parts, size.
+        # Message being assembled -- fragmented, or one frame whose payload
+        # arrives over several feeds: opcode (0 = none), unmasked payload so
+        # far, and for text the decoder that validates it as it comes.
         self._frag_opcode = 0
-        self._frag_parts: list[bytes] = []
-        self._frag_size = 0
+        self._frag_data = bytearray()
         self._decoder: Optional[codecs.IncrementalDecoder] = None
-        self._text_parts: list[str] = []
+        # Data frame whose payload is still arriving: bytes to come, FIN bit,
+        # and its masking key rotated to the next byte's position.
+        self._frame_left = 0
+        self._frame_fin = 0
+        self._frame_mask = b""
         #: ``(code, reason)`` of the peer's close frame, once received.
         self.close_received: Optional[tuple[int, str]] = None
         #: ``(code, reason)`` of our close frame, once sent.
@@ -175,6 +192,14 @@ class ServerProtocol:
         end = len(buf)
         try:
             while True:
+                if self._frame_left:
+                    # The rest of a data frame begun in an earlier feed.
+                    pos = self._stream_payload(buf, pos, end)
+                    if self._frame_left:
+                        break
+                    if self._frame_fin:
+                        events.append(self._end_message())
+                    continue
                 header = parse_header(buf, pos)
                 if header is None:
                     break
@@ -184,7 +209,17 @@ class ServerProtocol:
                 start = pos + hlen
                 stop = start + length
                 if stop > end:
-                    break
+                    if opcode >= 8 or start > end:
+                        break  # a control frame (<= 125 bytes) is taken whole
+                    # A data frame only partly here: take its payload as it
+                    # arrives, so that invalid text fails at once (RFC 6455
+                    # 8.1) rather than once the whole frame is in.
+                    self._begin_message(opcode)
+                    self._frame_fin = b0 & 0x80
+                    self._frame_mask = bytes(buf[start - 4 : start])
+                    self._frame_left = length
+                    pos = start
+                    continue
                 payload = apply_mask(buf[start:stop], bytes(buf[start - 4 : start]))
                 pos = stop
                 if opcode == OP_TEXT and b0 & 0x80:
@@ -236,13 +271,19 @@ class ServerProtocol:
         if length >> 63:
             raise ProtocolError("frame length with the most significant bit set")
         max_size = self._max_size
-        if max_size is not None and self._frag_size + length > max_size:
+        if max_size is not None and len(self._frag_data) + length > max_size:
             raise PayloadTooBig(
                 f"message over {max_size} bytes"  # 1009 from the header alone
             )
 
     def _fragment(self, opcode: int, fin: int, payload: bytes) -> Optional[Message]:
         """Assemble fragmented messages (RFC 6455 5.4), validating text early."""
+        self._begin_message(opcode)
+        self._add_payload(payload)
+        return self._end_message() if fin else None
+
+    def _begin_message(self, opcode: int) -> None:
+        """A data frame starts: a new message, or the next fragment of one."""
         if opcode == OP_CONT:
             if not self._frag_opcode:
                 raise ProtocolError("continuation frame with nothing to continue")
@@ -252,24 +293,55 @@ class ServerProtocol:
             self._frag_opcode = opcode
             if opcode == OP_TEXT:
                 self._decoder = _utf8_decoder()
-        self._frag_parts.append(payload)
-        self._frag_size += len(payload)
+
+    def _stream_payload(self, buf: BytesLike, pos: int, end: int) -> int:
+        """Take what ``buf[pos:end]`` holds of the current frame's payload.
+
+        Unmasks it with the key rotated to where this piece starts (RFC 6455
+        5.3: byte i of the payload is XORed with key byte i mod 4) and
+        returns the position after it.
+        """
+        n = min(self._frame_left, end - pos)
+        if n:
+            mask = self._frame_mask
+            self._add_payload(apply_mask(buf[pos : pos + n], mask))
+            self._frame_left -= n
+            shift = n & 3
+            if shift:
+                self._frame_mask = mask[shift:] + mask[:shift]
+        return pos + n
+
+    def _add_payload(self, payload: bytes) -> None:
+        """Append payload to the message; fail at the first byte that makes
+        its text invalid (RFC 6455 8.1, 5.6), whatever the fragmenting.
+
+        Text is only validated here, then decoded once, whole, at the end:
+        keeping one ``str`` per piece would cost far more memory than the
+        bytes when a peer sends many tiny pieces.
+        """
+        self._frag_data += payload
         decoder = self._decoder
         if decoder is not None:
             try:
-                self._text_parts.append(decoder.decode(payload, bool(fin)))
+                decoder.decode(payload)
             except UnicodeDecodeError:
                 raise ProtocolError("invalid UTF-8 in text", 1007) from None
-            if not fin and _pending_is_invalid(decoder):
+            if _pending_is_invalid(decoder):
                 raise ProtocolError("invalid UTF-8 in text", 1007)
-        if not fin:
-            return None
-        data = b"".join(self._frag_parts)
-        text = "".join(self._text_parts) if decoder is not None else None
+
+    def _end_message(self) -> Message:
+        """The final frame of the message is in: the message, and reset."""
+        data = bytes(self._frag_data)
+        text = None
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                decoder.decode(b"", True)  # a character left incomplete
+            except UnicodeDecodeError:
+                raise ProtocolError("invalid UTF-8 in text", 1007) from None
+            text = data.decode("utf-8")
         self._frag_opcode = 0
-        self._frag_parts = []
-        self._text_parts = []
-        self._frag_size = 0
+        self._frag_data = bytearray()
         self._decoder = None
         return Message(data, text)
 
@@ -303,10 +375,28 @@ class ServerProtocol:
         self._buf = bytearray()
 
     def _fail(self, exc: ProtocolError) -> None:
-        """_Fail the WebSocket Connection_ (RFC 6455 7.1.7) with exc's code."""
+        """_Fail the WebSocket Connection_ (RFC 6455 7.1.7) with exc's code.
+
+        The input is discarded from here on. The close frame is queued now,
+        or, with ``defer_failure``, by :meth:`fail_connection`.
+        """
         self.failure = exc
         self._buf = bytearray()
-        if self.state is State.OPEN:
+        if not self.defer_failure:
+            self.fail_connection()
+
+    def fail_connection(self) -> None:
+        """Queue the close frame of the recorded ``failure``; go CLOSING.
+
+        For ``defer_failure``: the I/O layer calls it once the application
+        has had the messages returned before the bad frame and has answered
+        them, so that the peer gets those answers before the close. RFC 6455
+        7.1.7 only forbids processing the data that follows the bad frame;
+        Autobahn cases 3.2-3.4, 4.1.3-4.2.5 and 5.15 expect the answers.
+        Does nothing without a failure or once the close frame is queued.
+        """
+        exc = self.failure
+        if exc is not None and self.state is State.OPEN:
             self.close_sent = (exc.code, "")
             # Never the internal text: just the code.
             self.output.append(self._close_frame(exc.code, ""))
@@ -353,9 +443,18 @@ class ServerProtocol:
         return frame_header(OP_PONG, len(data)) + data
 
     def send_close(self, code: int = 1000, reason: str = "") -> bytes:
-        """Start the closing handshake; returns b"" if it was already started."""
+        """Start the closing handshake; returns b"" if it was already started.
+
+        With a deferred failure recorded, the failure's code replaces
+        ``code``: the peer is told why (RFC 6455 7.1.7).
+        """
+        if code != 1005 and not is_valid_close_code(code):  # 1005: empty close
+            # 7.4.1/7.4.2: 1004-1006, 1015 and unassigned codes never go out.
+            raise ValueError(f"close code {code} may not be sent")
         if self.state is not State.OPEN:
             return b""
+        if self.failure is not None:
+            code, reason = self.failure.code, ""
         self.close_sent = (code, reason)
         self.state = State.CLOSING
         return self._close_frame(code, reason)
@@ -373,8 +472,9 @@ class ServerProtocol:
     def close_code(self) -> int:
         """The code that describes how the connection ended (or is ending).
 
-        The peer's code if it sent a close frame; ours if we failed it; 1006
-        when the TCP connection ended without a close frame.
+        RFC 6455 7.1.5: the code of the close frame received, 1006 when none
+        was; ours when we failed the connection. While our own close waits
+        for the peer's answer, the code we sent.
         """
         if self.failure is not None:
             return self.failure.code

@@ -62,8 +62,16 @@ def request_context() -> Context:
 
 
 def connection_fd(request_context: Optional[Context] = None) -> int:
-    """The client socket's file descriptor (for ``gevent.select``)."""
-    return _connection(request_context).sock.fileno()
+    """The client socket's file descriptor, for ``gevent.select``.
+
+    After the handshake this hands reading to the app, as in uWSGI: the
+    descriptor turns readable when the client sends, and
+    ``websocket_recv_nb()`` reads it (see ``WebSocket.app_reads``).
+    """
+    conn = _connection(request_context)
+    if conn.websocket is not None:
+        return conn.websocket.app_reads()
+    return conn.sock.fileno()
 
 
 def websocket_handshake(

@@ -804,14 +804,6 @@ class TestSection5_1ServerFrames:
         with pytest.raises(ConnectionClosedError):
             send(proto)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "BUG: send_close() puts a reserved code (1006, 1015, 1004, 999) "
-            "on the wire; RFC 6455 7.4.1/7.4.2 say such codes MUST NOT be "
-            "set in a close frame"
-        ),
-    )
     @pytest.mark.parametrize("code", [1006, 1015, 1004, 999])
     def test_send_close_never_puts_a_reserved_code_on_the_wire(self, code):
         proto = ServerProtocol()
