@@ -79,7 +79,7 @@ def serve(config: Config) -> int:
     from geows.wsgi import Settings
 
     sys.modules.setdefault("uwsgi", uwsgi_compat)
-    uwsgi_compat.opt.update({k: v for k, v in vars(config).items() if v is not None})
+    uwsgi_compat.opt.update(config.uwsgi_opt())
     assert config.app is not None
     app = load_app(config.app, config.callable)
     addresses = config.listen_addresses()
@@ -90,6 +90,7 @@ def serve(config: Config) -> int:
         limits=config.limits(),
         timeouts=timeouts,
         header_timeout=config.http_header_timeout,
+        max_body=config.limit_post or None,
         access_log=not config.disable_logging,
         server_name=host,
         server_port=str(port),

@@ -63,17 +63,28 @@ class Config:
     )
     websockets_ping_freq: float = opt(
         30.0,
-        "seconds between keepalive pings (0 disables keepalive)",
+        "seconds between keepalive pings (0 disables keepalive, and with it "
+        "the detection of dead peers and stalled sends)",
+        "websocket-ping-freq",
         metavar="SECONDS",
     )
     websockets_pong_tolerance: float = opt(
         10.0,
         "seconds without any frame after a ping before the peer is dead "
         "(uWSGI's 3 s drops healthy clients on slow links)",
+        "websocket-pong-tolerance",
         metavar="SECONDS",
     )
     websockets_max_size: int = opt(
-        1024, "largest message in KiB; bigger ones close with 1009", metavar="KIB"
+        1024,
+        "largest message in KiB; bigger ones close with 1009 (0: no limit)",
+        "websocket-max-size",
+        metavar="KIB",
+    )
+    limit_post: int = opt(
+        0,
+        "largest request body in bytes; bigger ones get 413 (0: no limit)",
+        metavar="BYTES",
     )
     websockets_close_timeout: float = opt(
         5.0, "seconds to wait for the peer's close frame", metavar="SECONDS"
@@ -94,6 +105,7 @@ class Config:
         True,
         "gevent.monkey.patch_all() before the app is imported "
         "(--no-monkey-patch to opt out)",
+        "gevent-monkey-patch",
     )
     master: bool = opt(False, "accepted for uWSGI compatibility (ignored)")
     enable_threads: bool = opt(False, "accepted for uWSGI compatibility (ignored)")
@@ -118,6 +130,24 @@ class Config:
             close_timeout=self.websockets_close_timeout,
         )
 
+    def uwsgi_opt(self) -> dict[str, Any]:
+        """``uwsgi.opt`` as uWSGI fills it: hyphenated names of the options
+        given (differing from the default), values as strings, flags True.
+        """
+        opts: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == _default(f) or value is None:
+                continue
+            name = f.name.replace("_", "-")
+            if isinstance(value, bool):
+                opts[name] = value
+            elif isinstance(value, list):
+                opts[name] = value[0] if len(value) == 1 else list(value)
+            else:
+                opts[name] = str(value)
+        return opts
+
     def listen_addresses(self) -> list[tuple[str, int]]:
         """``--http`` values as (host, port)."""
         return [parse_address(a) for a in (self.http or ["127.0.0.1:8000"])]
@@ -129,6 +159,8 @@ class Config:
         for name in ("websockets_pong_tolerance", "http_header_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+        if self.limit_post < 0 or self.websockets_max_size < 0:
+            raise ConfigError("sizes must be >= 0 (0: no limit)")
         if self.max_connections < 1:
             raise ConfigError("--max-connections must be >= 1")
         self.listen_addresses()

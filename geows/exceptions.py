@@ -7,7 +7,7 @@
     │   └── PayloadTooBig        a message over the size limit (1009)
     ├── InvalidHandshake         an upgrade request we refuse; carries the HTTP status
     └── ConnectionClosed         the connection is closed; carries code and reason
-        ├── ConnectionClosedOK       closed with 1000 or 1001
+        ├── ConnectionClosedOK       closed with 1000, 1001, or a close without code
         └── ConnectionClosedError    anything else: failure, abnormal loss (1006)
 
 The sans-I/O core never raises these at the peer's input: it records a
@@ -68,8 +68,11 @@ class InvalidHandshake(GeowsError):
 
 
 class ConnectionClosed(GeowsError):
-    """The WebSocket is closed; ``code``/``reason`` are what the peer sent
-    (1005 when its close frame had no code, 1006 when there was no close frame).
+    """The WebSocket is closed; ``code``/``reason`` say how (RFC 6455 7.1.5).
+
+    The peer's close frame (1005 when it had no code); ours when geows
+    failed the connection (1002, 1007, 1009); 1006 when no close frame came,
+    e.g. a peer lost or found dead by keepalive (``__cause__`` says which).
     """
 
     def __init__(self, code: int, reason: str = "") -> None:

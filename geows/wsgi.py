@@ -202,6 +202,14 @@ class HTTPConnection:
 
     def _serve(self, request: Request) -> None:
         settings = self.settings
+        max_body = settings.max_body
+        if (
+            max_body is not None
+            and request.content_length is not None
+            and request.content_length > max_body
+        ):
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            return
         self.request = request
         self._status = ""
         self._headers = []
@@ -280,7 +288,12 @@ class HTTPConnection:
             # uWSGI apps end by letting recv's OSError out: a normal ending.
             self._keep_alive = False
             return
-        if isinstance(invalid, InvalidHandshake):
+        if isinstance(exc, HTTPError):
+            # A body the client got wrong (bad chunking, over --limit-post),
+            # met while the app read it: the client's fault, not a 500.
+            log.info("bad request body from %s: %s", self._client(), exc.reason)
+            status, headers = exc.status, []
+        elif isinstance(invalid, InvalidHandshake):
             log.info("refused upgrade from %s: %s", self._client(), invalid.reason)
             status, headers = invalid.status, invalid.headers
         else:
