@@ -83,7 +83,8 @@ def start_server(
 ) -> ServerProcess:
     """Start ``geows serve APP --http 127.0.0.1:0 ARGS`` and wait until it listens."""
     cmd = [sys.executable, "-m", "geows", "serve", str(app)]
-    if not any(a.startswith("--http") or a == "--ini" for a in args):
+    listen = ("--http", "--http-socket", "--ini")
+    if not any(a in listen or a.split("=", 1)[0] in listen for a in args):
         cmd += ["--http", "127.0.0.1:0"]
     cmd += list(args)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
