@@ -198,7 +198,8 @@ class WebSocket:
         """
         if not self._app_reads and not self._finished:
             self._app_reads = True
-            self._rwatch.stop()
+            if self._waiter is None:  # a waiting recv stops it when it wakes
+                self._rwatch.stop()
         return self._fd
 
     def recv(self, timeout: Optional[float] = None) -> Union[str, bytes]:
@@ -239,14 +240,15 @@ class WebSocket:
             if self._waiter is not None:
                 raise RuntimeError("another greenlet is already in recv()")
             waiter = self._waiter = Waiter()
-            armed = self._app_reads and not self._paused
-            if armed:  # the app reads: read only while it waits here
+            if self._app_reads and not self._paused:
+                # The app reads: read only while it waits here.
                 self._rwatch.start(self._on_readable)
             try:
                 waiter.get()
             finally:
                 self._waiter = None
-                if armed:
+                # Re-checked: closing may have handed reading back meanwhile.
+                if self._app_reads:
                     self._rwatch.stop()
 
     def recv_nowait(self) -> Optional[Message]:
