@@ -7,6 +7,7 @@ on first use, so importing the sans-I/O core never imports gevent.
 
 from typing import TYPE_CHECKING, Any
 
+from geows.channels import ChannelError, publish
 from geows.exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ChannelError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
@@ -36,6 +38,7 @@ __all__ = [
     "Timeouts",
     "WebSocket",
     "accept",
+    "publish",
 ]
 
 

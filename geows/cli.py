@@ -65,7 +65,31 @@ def load_app(spec: str, callable_name: str = "application") -> Callable[..., Any
 
 
 def serve(config: Config) -> int:
-    """Run the server in this process until SIGTERM/SIGINT; the exit status."""
+    """Serve until SIGTERM/SIGINT: one process, or a master and its workers."""
+    from geows import sharedarea
+
+    # Shared areas exist before any fork, so every worker maps the same pages.
+    sharedarea.setup([int(pages) for pages in config.sharedarea])
+    if config.processes > 1:
+        from geows.workers import Master
+
+        return Master(config).run()
+    return run_worker(config)
+
+
+def run_worker(
+    config: Config,
+    listeners: Optional[list[Any]] = None,
+    *,
+    hub_address: Optional[str] = None,
+    on_ready: Optional[Callable[[], None]] = None,
+) -> int:
+    """Run one server process until SIGTERM/SIGINT; the exit status.
+
+    ``listeners``: sockets a master bound (else bind ``--http`` here);
+    ``hub_address``: the master's channel hub, for workers; ``on_ready`` is
+    called once the server accepts.
+    """
     # Patch before anything the app imports can bind blocking primitives.
     if config.monkey_patch:
         from gevent import monkey
@@ -73,13 +97,16 @@ def serve(config: Config) -> int:
         monkey.patch_all()
     import gevent
 
-    from geows import uwsgi_compat
+    from geows import channels, uwsgi_compat
     from geows.keepalive import Registry
     from geows.server import Server
     from geows.wsgi import Settings
 
     sys.modules.setdefault("uwsgi", uwsgi_compat)
     uwsgi_compat.opt.update(config.uwsgi_opt())
+    hub = channels.make_hub(config.channels, hub_address=hub_address)
+    channels.set_hub(hub)
+    hub.start()
     assert config.app is not None
     app = load_app(config.app, config.callable)
     addresses = config.listen_addresses()
@@ -95,8 +122,13 @@ def serve(config: Config) -> int:
         server_name=host,
         server_port=str(port),
         registry=Registry(timeouts),
+        multiprocess=config.processes > 1,
     )
-    server = Server(settings, addresses, max_connections=config.max_connections)
+    server = Server(
+        settings,
+        list(listeners) if listeners is not None else list(addresses),
+        max_connections=config.max_connections,
+    )
     server.start()
     for bound_host, bound_port in server.addresses:
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -115,9 +147,12 @@ def serve(config: Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal, signum)
+    if on_ready is not None:
+        on_ready()
     server.serve_forever()
     if stopping:
         stopping[0].join()
+    hub.close()
     log.info("geows stopped")
     return 0
 

@@ -99,6 +99,36 @@ class Config:
         "grace period on SIGTERM/SIGINT before open connections are cut",
         metavar="SECONDS",
     )
+    processes: int = opt(
+        1,
+        "worker processes sharing the listeners (a master supervises them when > 1)",
+        "workers",
+        metavar="N",
+    )
+    reuse_port: bool = opt(False, "each worker binds its own socket with SO_REUSEPORT")
+    channels: str = opt(
+        "",
+        "channel backend: memory:// (one process), redis://HOST:PORT/DB "
+        "(many processes and machines); default: memory://, or the master's "
+        "hub when --processes > 1",
+        metavar="URL",
+    )
+    channel_backlog: int = opt(
+        128,
+        "KiB of channel messages a slow member may have queued before it "
+        "is closed with 1008",
+        metavar="KIB",
+    )
+    channel_slow_timeout: float = opt(
+        10.0,
+        "seconds a member may stay over --channel-backlog",
+        metavar="SECONDS",
+    )
+    sharedarea: list[str] = opt(
+        [],
+        "create a shared memory area of PAGES pages (repeatable: ids 0, 1, ...)",
+        metavar="PAGES",
+    )
     disable_logging: bool = opt(False, "no access log lines")
     log_level: str = opt("info", "level of geows' own log", metavar="LEVEL")
     monkey_patch: bool = opt(
@@ -119,7 +149,10 @@ class Config:
     def limits(self) -> Limits:
         """The core's Limits, in bytes."""
         size = self.websockets_max_size
-        return Limits(max_message_size=size * 1024 if size > 0 else None)
+        return Limits(
+            max_message_size=size * 1024 if size > 0 else None,
+            max_channel_backlog=self.channel_backlog * 1024,
+        )
 
     def timeouts(self) -> Timeouts:
         """The core's Timeouts."""
@@ -128,6 +161,7 @@ class Config:
             ping_interval=freq if freq > 0 else None,
             pong_tolerance=self.websockets_pong_tolerance,
             close_timeout=self.websockets_close_timeout,
+            slow_member_timeout=self.channel_slow_timeout,
         )
 
     def uwsgi_opt(self) -> dict[str, Any]:
@@ -161,6 +195,13 @@ class Config:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
         if self.limit_post < 0 or self.websockets_max_size < 0:
             raise ConfigError("sizes must be >= 0 (0: no limit)")
+        if self.processes < 1:
+            raise ConfigError("--processes must be >= 1")
+        if self.channel_backlog < 1:
+            raise ConfigError("--channel-backlog must be >= 1")
+        for pages in self.sharedarea:
+            if not pages.isdigit() or int(pages) < 1:
+                raise ConfigError(f"--sharedarea takes a number of pages: {pages!r}")
         if self.max_connections < 1:
             raise ConfigError("--max-connections must be >= 1")
         self.listen_addresses()

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Union
 from gevent import Timeout, get_hub
 from gevent.hub import Waiter
 
+from geows.channels import Hub, current_hub
 from geows.exceptions import ConnectionClosed, ConnectionClosedOK
 from geows.frames import OP_PING, OP_PONG, BytesLike, frame_header
 from geows.limits import Limits, Timeouts
@@ -60,16 +61,20 @@ class WebSocket:
         "__weakref__",
         "_after_flush",
         "_app_reads",
+        "_channels",
         "_chunks",
         "_discard",
         "_drain_waiters",
         "_failing",
         "_fd",
         "_finished",
+        "_flush_scheduled",
         "_high",
+        "_hub",
         "_loop",
         "_max_queued",
         "_on_finish",
+        "_over_since",
         "_paused",
         "_pending",
         "_proto",
@@ -105,6 +110,7 @@ class WebSocket:
         limits: Limits = _DEFAULT_LIMITS,
         timeouts: Timeouts = _DEFAULT_TIMEOUTS,
         registry: Optional[Any] = None,
+        hub: Optional[Hub] = None,
         initial: bytes = b"",
         on_finish: Optional[Callable[[WebSocket], None]] = None,
     ) -> None:
@@ -129,6 +135,10 @@ class WebSocket:
         # than a deque per idle connection and pop(0) is cheap at that size.
         self._queue: list[Message] = []
         self._discard = False
+        self._hub = hub
+        self._channels: Optional[set[str]] = None
+        self._flush_scheduled = False
+        self._over_since: Optional[float] = None
         self._failing = False
         self._app_reads = False
         self._max_queued = limits.max_queued_messages
@@ -314,6 +324,82 @@ class WebSocket:
             raise self._closed_exception()
         self.messages_out += 1
         self._write(frame)
+
+    # -- channels --------------------------------------------------------------
+
+    def join(self, name: str) -> None:
+        """Join channel ``name``: its messages are sent to this socket in the
+        background, whatever the app is doing. Left on close.
+        """
+        if self._finished:
+            raise self._closed_exception()
+        hub = self._hub if self._hub is not None else current_hub()
+        self._hub = hub
+        if self._channels is None:
+            self._channels = set()
+        self._channels.add(name)
+        hub.join(name, self)
+
+    def leave(self, name: str) -> None:
+        """Leave channel ``name``."""
+        if self._channels and name in self._channels:
+            self._channels.discard(name)
+            assert self._hub is not None
+            self._hub.leave(name, self)
+
+    def deliver(self, frame: BytesLike) -> None:
+        """Queue an already framed channel message; never waits.
+
+        Frames queued in one turn of the loop go out in one ``sendmsg``. A
+        member that falls too far behind is closed with 1008 (see
+        ``Limits.max_channel_backlog``); a closed one is skipped.
+        """
+        if self._finished or self._proto.state is not State.OPEN:
+            return
+        self.messages_out += 1
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = deque()
+        chunks.append(memoryview(frame))
+        self._pending += len(frame)
+        backlog = self.limits.max_channel_backlog
+        if self._pending > backlog:
+            if self._pending > 4 * backlog:
+                self._too_slow()
+                return
+            if self._over_since is None:
+                self._over_since = self._loop.now()
+        if not self._flush_scheduled and not (self._wwatch and self._wwatch.active):
+            self._flush_scheduled = True
+            self._loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._chunks and not self._finished:
+            self._on_writable()
+
+    def _too_slow(self) -> None:
+        """Close a member that cannot keep up: keep the frame being sent, drop
+        the rest, and tell the peer why (1008) before closing.
+        """
+        log.warning(
+            "websocket %s closed: %d bytes of channel messages unread",
+            self.remote_addr,
+            self._pending,
+        )
+        chunks = self._chunks
+        if chunks:
+            head = chunks.popleft()
+            chunks.clear()
+            chunks.append(head)
+            self._pending = len(head)
+        frame = self._proto.send_close(1008, "too slow to read channel messages")
+        self.error = ConnectionError("too slow to read channel messages")
+        self._write(frame)
+        self._queue_after_flush(self._finish)
+        if not self._flush_scheduled and not (self._wwatch and self._wwatch.active):
+            self._flush_scheduled = True
+            self._loop.run_callback(self._flush)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close: send a close frame, wait for the peer's (up to
@@ -502,6 +588,7 @@ class WebSocket:
             else:
                 sent = self._raw.sendmsg(list(_first(chunks, _SENDMSG_MAX)))
         except (BlockingIOError, InterruptedError):
+            self._arm_writer()
             return
         except OSError as exc:
             self.error = exc
@@ -517,13 +604,29 @@ class WebSocket:
             else:
                 chunks[0] = head[sent:]
                 sent = 0
+        if (
+            self._over_since is not None
+            and self._pending <= self.limits.max_channel_backlog
+        ):
+            self._over_since = None
         if not chunks:
-            self._wwatch.stop()
+            if self._wwatch is not None:
+                self._wwatch.stop()
             action, self._after_flush = self._after_flush, None
             if action is not None:
                 action()
+        else:
+            self._arm_writer()
         if self._drain_waiters and self._pending <= self._high // 2:
             self._wake_drainers()
+
+    def _arm_writer(self) -> None:
+        """Flush the rest when the socket can take it."""
+        watcher = self._wwatch
+        if watcher is None:
+            watcher = self._wwatch = self._loop.io(self._fd, 2)
+        if not watcher.active:
+            watcher.start(self._on_writable)
 
     def _wait_drain(self) -> None:
         while self._pending > self._high and not self._finished:
@@ -552,6 +655,11 @@ class WebSocket:
         timeouts = self.timeouts
         interval = timeouts.ping_interval
         if interval is None or self._finished:
+            return
+        over = self._over_since
+        if over is not None and now - over > timeouts.slow_member_timeout:
+            if self._proto.state is State.OPEN:
+                self._too_slow()
             return
         stall = interval + timeouts.pong_tolerance
         if self._chunks and now - self.last_progress > stall:
@@ -620,6 +728,12 @@ class WebSocket:
             pass
         if self._registry is not None:
             self._registry.discard(self)
+        if self._channels:
+            hub = self._hub
+            assert hub is not None
+            for name in self._channels:
+                hub.leave(name, self)
+            self._channels = None
         if self._on_finish is not None:
             self._on_finish(self)
         if self._drain_waiters:

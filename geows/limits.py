@@ -25,6 +25,12 @@ class Limits:
     max_queued_messages: int = 16
     #: Outgoing bytes buffered for one connection before a sender waits.
     write_buffer_high: int = 64 * 1024
+    #: Channel messages queued for a member that reads slower than they come.
+    #: 128 KiB holds about 1,000 chat messages for a client that pauses (a
+    #: phone changing networks); 10,000 members all at the cap would hold
+    #: about 1.3 GB, the worst case. Over it past ``slow_member_timeout``, or
+    #: over four times it at all: close 1008. Never dropped silently.
+    max_channel_backlog: int = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class Timeouts:
     pong_tolerance: float = 10.0
     #: Wait this long for the peer's close frame after sending ours.
     close_timeout: float = 5.0
+    #: A channel member over ``Limits.max_channel_backlog`` this long is closed
+    #: with 1008 so that it cannot slow the others down.
+    slow_member_timeout: float = 10.0
 
     @property
     def send_stall(self) -> Optional[float]:

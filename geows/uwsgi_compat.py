@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+from geows.channels import current_hub
 from geows.connection import WebSocket
 from geows.exceptions import ConnectionClosed, InvalidHandshake
 from geows.wsgi import HTTPConnection, current_connection
@@ -20,6 +21,10 @@ __all__ = [
     "opt",
     "request_context",
     "version",
+    "websocket_channel_join",
+    "websocket_channel_leave",
+    "websocket_channel_publish",
+    "websocket_channel_publish_binary",
     "websocket_handshake",
     "websocket_recv",
     "websocket_recv_nb",
@@ -135,6 +140,41 @@ def websocket_send_binary(
         ws.send_binary(message)
     except ConnectionClosed as exc:
         raise OSError(f"unable to send websocket message: {exc}") from exc
+
+
+def websocket_channel_join(
+    name: Union[str, bytes], request_context: Optional[Context] = None
+) -> None:
+    """Join channel ``name``: its messages reach this websocket in the
+    background, while ``websocket_recv()`` still returns only the client's.
+    """
+    try:
+        _websocket(request_context).join(_name(name))
+    except ConnectionClosed as exc:
+        raise OSError(f"websocket closed: {exc}") from exc
+
+
+def websocket_channel_leave(
+    name: Union[str, bytes], request_context: Optional[Context] = None
+) -> None:
+    """Leave channel ``name``."""
+    _websocket(request_context).leave(_name(name))
+
+
+def websocket_channel_publish(
+    name: Union[str, bytes], message: Union[str, bytes]
+) -> None:
+    """Publish a text message on channel ``name`` (from any request or greenlet)."""
+    current_hub().publish(_name(name), message, binary=False)
+
+
+def websocket_channel_publish_binary(name: Union[str, bytes], message: bytes) -> None:
+    """Publish a binary message on channel ``name``."""
+    current_hub().publish(_name(name), message, binary=True)
+
+
+def _name(name: Union[str, bytes]) -> str:
+    return name.decode("utf-8") if isinstance(name, bytes) else name
 
 
 def _text(value: Optional[Union[str, bytes]]) -> Optional[str]:
