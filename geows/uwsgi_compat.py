@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+from geows import sharedarea as _sharedarea
 from geows.channels import current_hub
 from geows.connection import WebSocket
 from geows.exceptions import ConnectionClosed, InvalidHandshake
@@ -20,6 +21,14 @@ __all__ = [
     "connection_fd",
     "opt",
     "request_context",
+    "sharedarea_dec64",
+    "sharedarea_inc64",
+    "sharedarea_read",
+    "sharedarea_read64",
+    "sharedarea_readbyte",
+    "sharedarea_write",
+    "sharedarea_write64",
+    "sharedarea_writebyte",
     "version",
     "websocket_channel_join",
     "websocket_channel_leave",
@@ -30,6 +39,8 @@ __all__ = [
     "websocket_recv_nb",
     "websocket_send",
     "websocket_send_binary",
+    "websocket_send_binary_from_sharedarea",
+    "websocket_send_from_sharedarea",
 ]
 
 #: What ``uwsgi.version`` reports: uWSGI's API level we follow, and us.
@@ -142,6 +153,24 @@ def websocket_send_binary(
         raise OSError(f"unable to send websocket message: {exc}") from exc
 
 
+def websocket_send_from_sharedarea(
+    id: int, pos: int, len: int = 0, request_context: Optional[Context] = None
+) -> None:
+    """Send ``len`` bytes of shared area ``id`` from ``pos`` (0: to the end)
+    as a text message. Bad arguments raise ``ValueError`` (checked first).
+    """
+    data = _sharedarea.area(id).read(pos, len)
+    websocket_send(data, request_context)
+
+
+def websocket_send_binary_from_sharedarea(
+    id: int, pos: int, len: int = 0, request_context: Optional[Context] = None
+) -> None:
+    """As :func:`websocket_send_from_sharedarea`, as a binary message."""
+    data = _sharedarea.area(id).read(pos, len)
+    websocket_send_binary(data, request_context)
+
+
 def websocket_channel_join(
     name: Union[str, bytes], request_context: Optional[Context] = None
 ) -> None:
@@ -171,6 +200,52 @@ def websocket_channel_publish(
 def websocket_channel_publish_binary(name: Union[str, bytes], message: bytes) -> None:
     """Publish a binary message on channel ``name``."""
     current_hub().publish(_name(name), message, binary=True)
+
+
+# -- shared areas (see geows.sharedarea: ValueError for bad ids, positions,
+# lengths and values) ----------------------------------------------------------
+
+
+def sharedarea_read(id: int, pos: int, len: int = 0) -> bytes:
+    """``len`` bytes of area ``id`` from ``pos``; ``len`` 0: to the end."""
+    return _sharedarea.area(id).read(pos, len)
+
+
+def sharedarea_write(id: int, pos: int, data: Union[str, bytes]) -> None:
+    """Write ``data`` (``str`` is encoded as UTF-8) at ``pos`` of area ``id``."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    _sharedarea.area(id).write(pos, data)
+
+
+def sharedarea_readbyte(id: int, pos: int) -> int:
+    """The byte at ``pos`` of area ``id``."""
+    return _sharedarea.area(id).read_byte(pos)
+
+
+def sharedarea_writebyte(id: int, pos: int, value: int) -> None:
+    """Set the byte at ``pos`` of area ``id`` to ``value`` (0-255)."""
+    _sharedarea.area(id).write_byte(pos, value)
+
+
+def sharedarea_read64(id: int, pos: int) -> int:
+    """The signed 64-bit integer (little-endian) at ``pos`` of area ``id``."""
+    return _sharedarea.area(id).read64(pos)
+
+
+def sharedarea_write64(id: int, pos: int, value: int) -> None:
+    """Store the signed 64-bit ``value`` at ``pos`` of area ``id``."""
+    _sharedarea.area(id).write64(pos, value)
+
+
+def sharedarea_inc64(id: int, pos: int, amount: int = 1) -> int:
+    """Atomically add ``amount``; the new value (uWSGI returns None)."""
+    return _sharedarea.area(id).inc64(pos, amount)
+
+
+def sharedarea_dec64(id: int, pos: int, amount: int = 1) -> int:
+    """Atomically subtract ``amount``; the new value (uWSGI returns None)."""
+    return _sharedarea.area(id).dec64(pos, amount)
 
 
 def _name(name: Union[str, bytes]) -> str:

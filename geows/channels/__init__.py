@@ -10,7 +10,6 @@ their master) and :mod:`~geows.channels.redis` (many machines).
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Optional, Union
 
 from geows.exceptions import GeowsError
@@ -20,8 +19,6 @@ if TYPE_CHECKING:
     from geows.connection import WebSocket
 
 __all__ = ["ChannelError", "Hub", "current_hub", "publish", "set_hub"]
-
-log = logging.getLogger("geows.channels")
 
 
 class ChannelError(GeowsError):
@@ -48,6 +45,8 @@ class Hub:
     message to every process with members) and may override
     :meth:`_subscribe` / :meth:`_unsubscribe` (first local member joined /
     last one left), calling :meth:`dispatch` for messages that arrive.
+    ``_subscribe``/``_unsubscribe`` must not block: a connection that ends
+    leaves its channels from inside the event loop's callbacks.
     """
 
     def __init__(self) -> None:
@@ -59,11 +58,9 @@ class Hub:
         """Add ``ws`` to channel ``name``."""
         members = self._members.get(name)
         if members is None:
+            self._subscribe(name)  # may raise: then nothing has changed
             members = self._members[name] = set()
-            members.add(ws)
-            self._subscribe(name)
-        else:
-            members.add(ws)
+        members.add(ws)
 
     def leave(self, name: str, ws: WebSocket) -> None:
         """Remove ``ws`` from channel ``name`` (no error if it was not in it)."""
