@@ -67,6 +67,7 @@ class WebSocket:
         "_drain_waiters",
         "_failing",
         "_fd",
+        "_fd_shared",
         "_finished",
         "_flush_scheduled",
         "_high",
@@ -141,6 +142,7 @@ class WebSocket:
         self._over_since: Optional[float] = None
         self._failing = False
         self._app_reads = False
+        self._fd_shared = False
         self._max_queued = limits.max_queued_messages
         self._paused = False
         self._waiter: Optional[Waiter] = None
@@ -207,7 +209,7 @@ class WebSocket:
         reading back to the background.
         """
         if not self._app_reads and not self._finished:
-            self._app_reads = True
+            self._app_reads = self._fd_shared = True
             if self._waiter is None:  # a waiting recv stops it when it wakes
                 self._rwatch.stop()
         return self._fd
@@ -716,12 +718,13 @@ class WebSocket:
             self._timer.stop()
         self._chunks = None
         self._pending = 0
-        try:
-            # Shut down first: if the app watches this fd itself (select on
-            # connection_fd), gevent defers close() until the hub wakes.
-            self._raw.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        if self._fd_shared:
+            # The app watches this fd itself (select on connection_fd), so
+            # gevent defers close() until the hub wakes: shut down first.
+            try:
+                self._raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         try:
             self._sock.close()
         except OSError:

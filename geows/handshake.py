@@ -36,7 +36,10 @@ def has_token(value: Optional[str], token: str) -> bool:
     if not value:
         return False
     token = token.lower()
-    return any(part.strip().lower() == token for part in value.split(","))
+    value = value.lower()
+    if value == token:  # the common case: one token, nothing to split
+        return True
+    return any(part.strip() == token for part in value.split(","))
 
 
 def accept_key(key: str) -> str:
@@ -131,10 +134,24 @@ def response_headers(
     return headers
 
 
+_101_HEAD = (
+    b"HTTP/1.1 101 Switching Protocols\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+
+
 def response_bytes(key: str, subprotocol: Optional[str] = None) -> bytes:
-    """The whole 101 response, ready to write."""
-    lines = [b"HTTP/1.1 101 Switching Protocols\r\n"]
-    for name, value in response_headers(key, subprotocol):
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    """The whole 101 response, ready to write (the headers of
+    :func:`response_headers`, from a prebuilt head: once per handshake).
+    """
+    accept = accept_key(key).encode("ascii")
+    if subprotocol:
+        proto = subprotocol.encode("latin-1")
+        return b"%s%s\r\nSec-WebSocket-Protocol: %s\r\n\r\n" % (
+            _101_HEAD,
+            accept,
+            proto,
+        )
+    return b"%s%s\r\n\r\n" % (_101_HEAD, accept)
