@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 from geows import sharedarea as _sharedarea
-from geows.channels import current_hub
+from geows.channels import ChannelError, current_hub
 from geows.connection import WebSocket
 from geows.exceptions import ConnectionClosed, InvalidHandshake
 from geows.wsgi import HTTPConnection, current_connection
@@ -193,13 +193,24 @@ def websocket_channel_leave(
 def websocket_channel_publish(
     name: Union[str, bytes], message: Union[str, bytes]
 ) -> None:
-    """Publish a text message on channel ``name`` (from any request or greenlet)."""
-    current_hub().publish(_name(name), message, binary=False)
+    """Publish a text message on channel ``name`` (from any request or greenlet).
+
+    Raises ``OSError`` (from :class:`~geows.ChannelError`) when the backend
+    cannot take it, e.g. Redis is down: a publish never vanishes.
+    """
+    _publish(name, message, binary=False)
 
 
 def websocket_channel_publish_binary(name: Union[str, bytes], message: bytes) -> None:
     """Publish a binary message on channel ``name``."""
-    current_hub().publish(_name(name), message, binary=True)
+    _publish(name, message, binary=True)
+
+
+def _publish(name: Union[str, bytes], message: Union[str, bytes], binary: bool) -> None:
+    try:
+        current_hub().publish(_name(name), message, binary=binary)
+    except ChannelError as exc:
+        raise OSError(f"unable to publish on channel {_name(name)!r}: {exc}") from exc
 
 
 # -- shared areas (see geows.sharedarea: ValueError for bad ids, positions,
