@@ -130,9 +130,10 @@ def run_worker(
         max_connections=config.max_connections,
     )
     server.start()
-    for bound_host, bound_port in server.addresses:
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        log.info("geows serving %s on http://%s:%d/", config.app, shown, bound_port)
+    if on_ready is None:  # a master announces once all its workers are ready
+        for bound_host, bound_port in server.addresses:
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            log.info("geows serving %s on http://%s:%d/", config.app, shown, bound_port)
     stopping: list[gevent.Greenlet] = []
 
     def on_signal(signum: int) -> None:

@@ -366,6 +366,10 @@ class WebSocket:
         self._pending += len(frame)
         backlog = self.limits.max_channel_backlog
         if self._pending > backlog:
+            if not (self._wwatch and self._wwatch.active):
+                # Not blocked, just not flushed yet (a publisher bursting
+                # without yielding): send now before judging the member.
+                self._on_writable()
             if self._pending > 4 * backlog:
                 self._too_slow()
                 return

@@ -42,7 +42,14 @@ class Server:
         self.pool = Pool(max_connections)
         self.connections: dict[gevent.Greenlet, HTTPConnection] = {}
         self.servers = [
-            StreamServer(listener, self._handle, spawn=self.pool, backlog=2048)
+            StreamServer(
+                listener,
+                self._handle,
+                spawn=self.pool,
+                # gevent takes a backlog only for addresses it binds itself;
+                # a socket handed over (workers) is already listening.
+                backlog=None if hasattr(listener, "accept") else 2048,
+            )
             for listener in listeners
         ]
 

@@ -179,7 +179,9 @@ class HTTPConnection:
                     self._refuse(HTTPStatus.REQUEST_TIMEOUT)
                 return None
             self.sock.settimeout(remaining)
-            self.idle = not buf
+            # Idle only between requests: a connection accepted but not yet
+            # heard from is a client about to speak, not one to drop.
+            self.idle = not buf and self.request is not None
             try:
                 data = self.sock.recv(_RECV)
             except socket.timeout:

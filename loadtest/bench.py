@@ -16,6 +16,9 @@ b  echo 32 B text, 100 connections x 16 messages in flight   messages/s, fairnes
 c  echo 64 KiB text, 10 connections x 1 message in flight    MB/s (10^6 B)
 d  connect + handshake + close, 10 at a time                 handshakes/s
 e  5,000 idle connections                                    server KiB/connection
+f  fan-out: 1 publisher -> 100 subscribers of a chat room    deliveries/s
+   (32 B text; ``--subs``; server: ``--fanout-server``, by
+   default loadtest/apps/room.py on geows' named channels)
 
 The load generator is plain non-blocking sockets and ``selectors``: frames
 are encoded and masked once, replies are counted from frame headers alone,
@@ -56,10 +59,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = (
     "geows serve examples/echo.py --http 127.0.0.1:{PORT} --disable-logging"
 )
+DEFAULT_FANOUT_SERVER = (
+    "geows serve loadtest/apps/room.py --http 127.0.0.1:{PORT} --disable-logging"
+)
 HOST = "127.0.0.1"
 RECV_SIZE = 256 * 1024
 SETUP_TIMEOUT = 60.0  # connecting every connection of a scenario
 SLOT_TIMEOUT = 5.0  # one connect-handshake-close cycle of scenario d
+FANOUT_SETTLE = 0.5  # subscribers connected -> first publish (the app joins)
+FANOUT_STALL = 2.0  # no delivery progress this long: a message was lost
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class Scenario:
 
     name: str
     title: str
-    kind: str  # "echo", "handshake" or "idle"
+    kind: str  # "echo", "handshake", "idle" or "fanout"
     conns: int
     inflight: int = 1
     size: int = 0
@@ -91,6 +99,7 @@ SCENARIOS = {
         "handshakes/s",
     ),
     "e": Scenario("e", "5,000 idle connections", "idle", 5000, unit="KiB/conn"),
+    "f": Scenario("f", "fan-out 32 B text", "fanout", 100, 16, 32, unit="deliveries/s"),
 }
 
 
@@ -479,7 +488,239 @@ def idle_worker(
         sock.close()
 
 
-WORKERS = {"echo": echo_worker, "handshake": handshake_worker, "idle": idle_worker}
+class Subscriber:
+    """Client side of one fan-out subscriber: frame parsing and order check."""
+
+    __slots__ = ("buf", "key", "next_seq", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.key = os.urandom(4)
+        self.buf = bytearray()
+        self.next_seq = 0
+
+
+def fanout_payload(seq: int, size: int) -> bytes:
+    """Message ``seq`` of the publisher: 8 hex digits, then padding."""
+    head = b"%08x" % (seq & 0xFFFFFFFF)
+    return head + b"." * (size - len(head))
+
+
+def read_deliveries(sub: Subscriber, data: Union[bytes, memoryview]) -> list[int]:
+    """The sequence numbers of the complete messages in ``data``.
+
+    Frames are parsed in place after what an earlier read left incomplete;
+    pings are answered; a close frame raises ConnectionError. A message's
+    number is the first 8 bytes of its last frame (32-byte messages are never
+    fragmented by the servers measured); anything else counts as -1.
+    """
+    buf = sub.buf
+    buf += data
+    n = len(buf)
+    pos = 0
+    seqs = []
+    while n - pos >= 2:
+        b0 = buf[pos]
+        length = buf[pos + 1] & 0x7F
+        hlen = 2
+        if length == 126:
+            if n - pos < 4:
+                break
+            length = (buf[pos + 2] << 8) | buf[pos + 3]
+            hlen = 4
+        elif length == 127:
+            if n - pos < 10:
+                break
+            length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+            hlen = 10
+        start = pos + hlen
+        end = start + length
+        if end > n:
+            break
+        if b0 & 0x08:  # control frame
+            opcode = b0 & 0x0F
+            if opcode == OP_CLOSE:
+                raise ConnectionError("the server closed the connection")
+            if opcode == 0x9:
+                pong = encode_frame(OP_PONG, bytes(buf[start:end]), mask=sub.key)
+                sub.sock.setblocking(True)  # rare and tiny
+                sub.sock.sendall(pong)
+                sub.sock.setblocking(False)
+        elif b0 & 0x80:
+            try:
+                seqs.append(int(buf[start : start + 8], 16))
+            except ValueError:
+                seqs.append(-1)
+        pos = end
+    del buf[:pos]
+    return seqs
+
+
+def fanout_worker(
+    job: dict[str, Any], cpu: Optional[int], barrier: Any, results: Any
+) -> None:
+    """Subscribers of a chat room; worker 0 also runs the publisher.
+
+    Flow control as in the kit's ``wsload fanout``: at most ``inflight``
+    messages published and not yet delivered to every live subscriber.
+    Each worker acks its subscribers' deliveries per message and publishes
+    its low-water mark (the first message some live subscriber of it still
+    misses) in ``job["marks"]``; the publisher keeps within ``inflight`` of
+    the lowest mark. Every delivery is counted and order-checked.
+    """
+    _pin(cpu)
+    raise_fd_limit(job["conns"] + 256)
+    index, window, size = job["index"], job["inflight"], job["size"]
+    marks = job["marks"]  # shared: one low-water mark per worker
+    subs: list[Subscriber] = []
+    try:
+        for _ in range(job["conns"]):
+            subs.append(Subscriber(open_ws(job["port"], job["path"])))
+    except OSError as exc:
+        results.put({"error": f"setup: {type(exc).__name__}: {exc}"})
+        barrier.abort()
+        return
+    sel = selectors.DefaultSelector()
+    for sub in subs:
+        sub.sock.setblocking(False)
+        sel.register(sub.sock, selectors.EVENT_READ, sub)
+    counts = [0] * len(subs)
+    slot_of = {id(sub): i for i, sub in enumerate(subs)}
+    alive = len(subs)
+    acks = [0] * window  # deliveries of message seq, at acks[seq % window]
+    mark = 0  # lowest message not yet delivered to every live subscriber here
+    errors = order_errors = 0
+    buf = bytearray(RECV_SIZE)
+    view = memoryview(buf)
+    read_write = selectors.EVENT_READ | selectors.EVENT_WRITE
+    measure_from, measure_to = _window(barrier, job["warmup"], job["duration"])
+
+    publisher: Optional[Conn] = None
+    sent = forced = stalls = published_at_start = 0
+    publish_from = progress_at = 0.0
+    if index == 0:
+        try:
+            publisher = Conn(open_ws(job["port"], job["path"]))
+        except OSError as exc:
+            results.put({"error": f"publisher: {type(exc).__name__}: {exc}"})
+            return
+        publisher.sock.setblocking(False)
+        sel.register(publisher.sock, selectors.EVENT_READ, publisher)
+        publish_from = progress_at = time.monotonic() + FANOUT_SETTLE
+
+    def advance() -> None:
+        # After a lost subscriber the counts are approximate (its acks stay
+        # in); the loss is reported as an error anyway.
+        nonlocal mark
+        if alive <= 0:
+            marks[index] = 1 << 62  # nobody left here to wait for
+            return
+        start = mark
+        while acks[mark % window] >= alive:
+            acks[mark % window] = 0
+            mark += 1
+        if mark != start:
+            marks[index] = mark
+
+    baseline: Optional[list[int]] = None
+    cpu_start = 0.0
+    now = time.monotonic()
+    while now < measure_to:
+        if baseline is None and now >= measure_from:
+            baseline = counts[:]
+            cpu_start = time.process_time()
+            measure_from = now
+            published_at_start = sent
+        if publisher is not None and now >= publish_from:
+            low = max(min(marks), forced)
+            if sent - low >= window and now - progress_at > FANOUT_STALL:
+                stalls += 1  # a message some subscriber never got: skip it
+                forced = low + 1
+                progress_at = now
+                low = forced
+            elif sent - low < window:
+                progress_at = now
+            if sent - low < window and not publisher.out:
+                publisher.out = b"".join(
+                    encode_frame(OP_TEXT, fanout_payload(seq, size), mask=os.urandom(4))
+                    for seq in range(sent, low + window)
+                )
+                sent = low + window
+                _flush(publisher, sel, read_write)
+        for key, events in sel.select(0.005):
+            obj = key.data
+            if obj is publisher:
+                assert publisher is not None
+                try:
+                    if events & selectors.EVENT_WRITE:
+                        _flush(publisher, sel, read_write)
+                    if events & selectors.EVENT_READ:
+                        n = publisher.sock.recv_into(buf)
+                        if not n:
+                            raise ConnectionError("EOF")
+                        publisher.replies += count_replies(publisher, view[:n])
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    errors += 1
+                    sel.unregister(publisher.sock)
+                    publisher.sock.close()
+                    publisher = None
+                continue
+            try:
+                n = obj.sock.recv_into(buf)
+                if not n:
+                    raise ConnectionError("EOF")
+                seqs = read_deliveries(obj, view[:n])
+            except BlockingIOError:
+                continue
+            except OSError:
+                errors += 1
+                sel.unregister(obj.sock)
+                obj.sock.close()
+                alive -= 1
+                advance()
+                continue
+            if not seqs:
+                continue
+            counts[slot_of[id(obj)]] += len(seqs)
+            expected = obj.next_seq
+            for seq in seqs:
+                if seq != expected:
+                    order_errors += 1  # lost, duplicated, reordered or garbled
+                    if seq < 0:
+                        continue
+                if mark <= seq < mark + window:
+                    acks[seq % window] += 1
+                expected = seq + 1
+            obj.next_seq = expected
+            advance()
+        now = time.monotonic()
+    cpu_used = time.process_time() - cpu_start
+    for sub in subs:
+        sub.sock.close()
+    if publisher is not None:
+        publisher.sock.close()
+    result = {
+        "counts": [c - b for c, b in zip(counts, baseline or [0] * len(counts))],
+        "elapsed": now - measure_from,
+        "errors": errors + order_errors + stalls,
+        "order_errors": order_errors,
+        "client_cpu": cpu_used,
+        "subs_lost": len(subs) - alive,
+    }
+    if index == 0:
+        result["published"] = sent - published_at_start
+        result["stalls"] = stalls
+    results.put(result)
+
+
+WORKERS = {
+    "echo": echo_worker,
+    "handshake": handshake_worker,
+    "idle": idle_worker,
+    "fanout": fanout_worker,
+}
 
 
 # -- the server under test -----------------------------------------------------------
@@ -614,11 +855,15 @@ def run_once(
     scenario: Scenario, args: argparse.Namespace, client_cpus: list[Optional[int]]
 ) -> dict[str, Any]:
     """Start a fresh server, run one scenario against it, stop the server."""
-    server = Server(args.server, args.server_cpus)
+    fanout = scenario.kind == "fanout"
+    server = Server(args.fanout_server if fanout else args.server, args.server_cpus)
     ctx = multiprocessing.get_context("fork")
     procs = args.clients_procs
-    conns = args.idle_conns if scenario.kind == "idle" else scenario.conns
+    conns = {"idle": args.idle_conns, "fanout": args.subs}.get(
+        scenario.kind, scenario.conns
+    )
     shares = [conns // procs + (i < conns % procs) for i in range(procs)]
+    marks = ctx.RawArray("q", procs)  # fan-out: each worker's low-water mark
     barrier = ctx.Barrier(procs + 1)
     results = ctx.Queue()
     workers = []
@@ -631,7 +876,9 @@ def run_once(
                 "port": server.port,
                 "path": args.path,
                 "conns": share,
-                "inflight": scenario.inflight,
+                "index": i,
+                "marks": marks,
+                "inflight": args.fanout_window if fanout else scenario.inflight,
                 "size": scenario.size,
                 "warmup": args.warmup,
                 "duration": args.duration,
@@ -688,6 +935,14 @@ def run_once(
             }
             if scenario.kind == "echo":
                 outcome["fairness"] = jain(counts)
+            if fanout:
+                publishing = [p for p in parts if "published" in p]
+                outcome["published_per_s"] = sum(
+                    p["published"] / p["elapsed"] for p in publishing
+                )
+                outcome["order_errors"] = sum(p["order_errors"] for p in parts)
+                outcome["subs_lost"] = sum(p["subs_lost"] for p in parts)
+                outcome["stalls"] = sum(p.get("stalls", 0) for p in publishing)
         return outcome
     finally:
         for worker in workers:
@@ -702,6 +957,8 @@ def describe(scenario: Scenario, args: argparse.Namespace) -> str:
     """The scenario's parameters, as printed next to its figure."""
     if scenario.kind == "idle":
         return f"{args.idle_conns:,} idle connections"
+    if scenario.kind == "fanout":
+        return f"{scenario.title}, 1 -> {args.subs:,} subscribers"
     return scenario.title
 
 
@@ -717,6 +974,8 @@ def notes(run: dict[str, Any]) -> str:
     parts = []
     if "fairness" in run:
         parts.append(f"fairness {run['fairness']:.3f}")
+    if "published_per_s" in run:
+        parts.append(f"{run['published_per_s']:,.0f} published/s")
     if "server_cpu" in run:
         parts.append(f"server CPU {run['server_cpu']:.0%}")
         parts.append(f"client CPU {run['client_cpu']:.0%}")
@@ -726,6 +985,11 @@ def notes(run: dict[str, Any]) -> str:
             f"{run['rss_after_kib'] / 1024:.1f} MiB for {run['connections']:,} conns"
         )
     parts.append(f"errors {run['errors']}")
+    if run.get("order_errors") or run.get("subs_lost") or run.get("stalls"):
+        parts.append(
+            f"(order {run['order_errors']}, subscribers lost "
+            f"{run['subs_lost']}, stalls {run['stalls']})"
+        )
     return ", ".join(parts)
 
 
@@ -740,10 +1004,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         default=DEFAULT_SERVER,
         help="server command; {PORT} is replaced by a free port",
     )
-    parser.add_argument("--path", default="/ws", help="the echo endpoint's path")
+    parser.add_argument(
+        "--fanout-server",
+        default=DEFAULT_FANOUT_SERVER,
+        help="server command of scenario f: a chat room (every message to "
+        "every member) at --path; {PORT} is replaced by a free port",
+    )
+    parser.add_argument("--path", default="/ws", help="the endpoints' path")
     parser.add_argument(
         "--scenarios",
-        default="a,b,c,d,e",
+        default="a,b,c,d,e,f",
         help="comma-separated, from: " + ",".join(SCENARIOS),
     )
     parser.add_argument(
@@ -765,6 +1035,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--idle-conns", type=int, default=5000, help="connections of scenario e"
     )
     parser.add_argument(
+        "--subs", type=int, default=100, help="subscribers of scenario f"
+    )
+    parser.add_argument(
+        "--fanout-window",
+        type=int,
+        default=16,
+        help="scenario f: messages published and not yet delivered to every "
+        "subscriber, at most",
+    )
+    parser.add_argument(
         "--server-cpus", default="0", help="CPUs for the server (taskset -c list)"
     )
     parser.add_argument(
@@ -779,7 +1059,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
-    if unknown or args.repeat < 1 or args.clients_procs < 1 or args.duration <= 0:
+    if (
+        unknown
+        or args.repeat < 1
+        or args.clients_procs < 1
+        or args.duration <= 0
+        or args.subs < 1
+        or args.fanout_window < 1
+    ):
         parser.error(f"bad scenarios {unknown}" if unknown else "bad numbers")
 
     allowed = (
@@ -802,7 +1089,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         args.server_cpus = None
         client_cpus = [None]
-    limit = raise_fd_limit(args.idle_conns + 1024)
+    limit = raise_fd_limit(max(args.idle_conns, args.subs) + 1024)
 
     pin_text = f"taskset -c {args.server_cpus} " if args.server_cpus else ""
     client_text = (
@@ -811,6 +1098,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else "not pinned"
     )
     print(f"server:  {pin_text}{args.server}   (WebSocket path {args.path})")
+    if "f" in names:
+        print(f"fan-out: {pin_text}{args.fanout_server}")
     print(
         f"clients: {args.clients_procs} process(es) {client_text}; "
         f"{args.warmup:g} s warm-up + {args.duration:g} s measured per run, "

@@ -199,12 +199,12 @@ def test_uwsgi_ini_section(tmp_path):
         master = true
         http-websockets = true
         websockets-max-size = 1
-        processes = 4
+        harakiri = 30
         """,
     )
     server = start_with_ini(ini)
     try:
-        server.wait_for_log(r"'processes' is not supported by geows; ignored")
+        server.wait_for_log(r"'harakiri' is not supported by geows; ignored")
         assert get(server, "/") == b"callable: application"
         assert echo_sizes(server, 1024) == 1024
         assert echo_sizes(server, 2000) == ("closed", 1009)
