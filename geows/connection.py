@@ -402,7 +402,9 @@ class WebSocket:
         frame = self._proto.send_close(1008, "too slow to read channel messages")
         self.error = ConnectionError("too slow to read channel messages")
         self._write(frame)
-        self._queue_after_flush(self._finish)
+        # Half-close and drain, as for failures: closing with unread input
+        # would reset the connection and could destroy the 1008 in flight.
+        self._queue_after_flush(self._shutdown_and_drain)
         if not self._flush_scheduled and not (self._wwatch and self._wwatch.active):
             self._flush_scheduled = True
             self._loop.run_callback(self._flush)
@@ -659,13 +661,15 @@ class WebSocket:
     def keepalive(self, now: float) -> None:
         """Ping on schedule; fail a peer that stopped answering or reading."""
         timeouts = self.timeouts
-        interval = timeouts.ping_interval
-        if interval is None or self._finished:
+        if self._finished:
             return
         over = self._over_since
         if over is not None and now - over > timeouts.slow_member_timeout:
             if self._proto.state is State.OPEN:
                 self._too_slow()
+            return
+        interval = timeouts.ping_interval
+        if interval is None:
             return
         stall = interval + timeouts.pong_tolerance
         if self._chunks and now - self.last_progress > stall:

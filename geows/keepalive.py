@@ -31,11 +31,12 @@ class Registry:
         self.timeouts = timeouts
         self._sockets: set[WebSocket] = set()
         self._sweeper: Optional[gevent.Greenlet] = None
-        interval = timeouts.ping_interval
-        if interval is None:
-            self.tick: Optional[float] = None
-        else:
-            self.tick = min(1.0, max(0.01, min(interval, timeouts.pong_tolerance) / 4))
+        # Fine enough for the shortest deadline it watches: pong tolerance,
+        # or the slow-member timeout, which applies even without pings.
+        deadlines = [timeouts.slow_member_timeout]
+        if timeouts.ping_interval is not None:
+            deadlines += [timeouts.ping_interval, timeouts.pong_tolerance]
+        self.tick: Optional[float] = min(1.0, max(0.01, min(deadlines) / 4))
 
     def __len__(self) -> int:
         return len(self._sockets)
