@@ -118,7 +118,7 @@ def websocket_recv(request_context: Optional[Context] = None) -> bytes:
     try:
         return ws.recv_message().data
     except ConnectionClosed as exc:
-        raise OSError(f"websocket closed: {exc.code} {exc.reason}".rstrip()) from exc
+        raise _closed(exc) from exc
 
 
 def websocket_recv_nb(request_context: Optional[Context] = None) -> bytes:
@@ -127,7 +127,7 @@ def websocket_recv_nb(request_context: Optional[Context] = None) -> bytes:
     try:
         message = ws.recv_nowait()
     except ConnectionClosed as exc:
-        raise OSError(f"websocket closed: {exc.code} {exc.reason}".rstrip()) from exc
+        raise _closed(exc) from exc
     return b"" if message is None else message.data
 
 
@@ -139,7 +139,7 @@ def websocket_send(
     try:
         ws.send_text(message)
     except ConnectionClosed as exc:
-        raise OSError(f"unable to send websocket message: {exc}") from exc
+        raise _closed(exc, "unable to send websocket message") from exc
 
 
 def websocket_send_binary(
@@ -150,7 +150,7 @@ def websocket_send_binary(
     try:
         ws.send_binary(message)
     except ConnectionClosed as exc:
-        raise OSError(f"unable to send websocket message: {exc}") from exc
+        raise _closed(exc, "unable to send websocket message") from exc
 
 
 def websocket_send_from_sharedarea(
@@ -180,7 +180,7 @@ def websocket_channel_join(
     try:
         _websocket(request_context).join(_name(name))
     except ConnectionClosed as exc:
-        raise OSError(f"websocket closed: {exc}") from exc
+        raise _closed(exc) from exc
 
 
 def websocket_channel_leave(
@@ -257,6 +257,11 @@ def sharedarea_inc64(id: int, pos: int, amount: int = 1) -> int:
 def sharedarea_dec64(id: int, pos: int, amount: int = 1) -> int:
     """Atomically subtract ``amount``; the new value (uWSGI returns None)."""
     return _sharedarea.area(id).dec64(pos, amount)
+
+
+def _closed(exc: ConnectionClosed, doing: str = "websocket closed") -> OSError:
+    """uWSGI's exception for a closed websocket; raise it ``from`` the cause."""
+    return OSError(f"{doing}: {exc.code} {exc.reason}".rstrip())
 
 
 def _name(name: Union[str, bytes]) -> str:
