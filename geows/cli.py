@@ -8,10 +8,12 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any, Callable, Optional
 
 from geows.config import Config, ConfigError, add_arguments
+from geows.listeners import Listener
 
 __all__ = ["load_app", "main"]
 
@@ -79,14 +81,14 @@ def serve(config: Config) -> int:
 
 def run_worker(
     config: Config,
-    listeners: Optional[list[Any]] = None,
+    listeners: Optional[list[tuple[Listener, socket.socket]]] = None,
     *,
     hub_address: Optional[str] = None,
     on_ready: Optional[Callable[[], None]] = None,
 ) -> int:
     """Run one server process until SIGTERM/SIGINT; the exit status.
 
-    ``listeners``: sockets a master bound (else bind ``--http`` here);
+    ``listeners``: sockets a master bound (else bind the config's here);
     ``hub_address``: the master's channel hub, for workers; ``on_ready`` is
     called once the server accepts.
     """
@@ -109,9 +111,10 @@ def run_worker(
     hub.start()
     assert config.app is not None
     app = load_app(config.app, config.callable)
-    addresses = config.listen_addresses()
+    wanted = config.listeners()
     timeouts = config.timeouts()
-    host, port = addresses[0]
+    first = wanted[0].address
+    host, port = first if isinstance(first, tuple) else ("localhost", 80)
     settings = Settings(
         app=app,
         limits=config.limits(),
@@ -126,14 +129,12 @@ def run_worker(
     )
     server = Server(
         settings,
-        list(listeners) if listeners is not None else list(addresses),
+        list(listeners) if listeners is not None else list(wanted),
         max_connections=config.max_connections,
     )
     server.start()
     if on_ready is None:  # a master announces once all its workers are ready
-        for bound_host, bound_port in server.addresses:
-            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            log.info("geows serving %s on http://%s:%d/", config.app, shown, bound_port)
+        announce(config.app, server.listeners)
     stopping: list[gevent.Greenlet] = []
 
     def on_signal(signum: int) -> None:
@@ -156,6 +157,12 @@ def run_worker(
     hub.close()
     log.info("geows stopped")
     return 0
+
+
+def announce(app: str, listeners: list[Listener]) -> None:
+    """Log where the app is served, one line per listener (tests read these)."""
+    for listener in listeners:
+        log.info("geows serving %s on %s", app, listener.url())
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import configparser
 import logging
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Optional
 
 from geows.limits import Limits, Timeouts
+from geows.listeners import Listener, ListenerError
 
 __all__ = ["Config", "ConfigError", "add_arguments"]
 
@@ -51,6 +52,60 @@ class Config:
         "serve HTTP and WebSockets on HOST:PORT (repeatable; default 127.0.0.1:8000)",
         "http-socket",
         metavar="HOST:PORT",
+    )
+    https: list[str] = opt(
+        [],
+        "serve HTTPS and wss:// on HOST:PORT,CERT,KEY[,CIPHERS[,CA]] (repeatable)",
+        "https-socket",
+        metavar="HOST:PORT,CERT,KEY",
+    )
+    https_ca: Optional[str] = opt(
+        None,
+        "require TLS client certificates signed by this CA bundle (PEM)",
+        metavar="FILE",
+    )
+    tls_handshake_timeout: float = opt(
+        10.0,
+        "seconds a client has to complete the TLS handshake",
+        metavar="SECONDS",
+    )
+    uwsgi_socket: list[str] = opt(
+        [],
+        "speak the uwsgi protocol (nginx uwsgi_pass) on HOST:PORT or a Unix "
+        "socket path (repeatable)",
+        "socket",
+        metavar="ADDRESS",
+    )
+    proxy_protocol: list[str] = opt(
+        [],
+        "expect a PROXY protocol v1/v2 header on these listeners (their "
+        "address as given, or 'all'; repeatable)",
+        metavar="ADDRESS",
+    )
+    trusted_proxies: list[str] = opt(
+        [],
+        "believe X-Forwarded-For/-Proto and Forwarded only from these peers: "
+        "addresses, CIDR networks, 'unix', 'loopback', 'private' (comma-separated "
+        "or repeated; default: nobody)",
+        metavar="CIDR",
+    )
+    websockets_allowed_origins: list[str] = opt(
+        [],
+        "answer 403 to upgrades whose Origin is not one of these (exact, or "
+        "patterns like https://*.example.com; comma-separated or repeated; "
+        "default: any)",
+        metavar="ORIGIN",
+    )
+    route: list[str] = opt(
+        [],
+        "'REGEX ACTION': proxy requests whose path matches to ACTION, "
+        "http:HOST:PORT or uwsgi:HOST:PORT[,MOD1,MOD2] (repeatable; first match wins)",
+        metavar="'REGEX ACTION'",
+    )
+    route_timeout: float = opt(
+        30.0,
+        "seconds a routed backend has to connect and start its answer (then 504)",
+        metavar="SECONDS",
     )
     http_websockets: bool = opt(
         False, "accepted for uWSGI compatibility: websockets are always on"
@@ -182,9 +237,36 @@ class Config:
                 opts[name] = str(value)
         return opts
 
-    def listen_addresses(self) -> list[tuple[str, int]]:
-        """``--http`` values as (host, port)."""
-        return [parse_address(a) for a in (self.http or ["127.0.0.1:8000"])]
+    def listeners(self) -> list[Listener]:
+        """Every listener: ``--http``, ``--https`` and ``--uwsgi-socket``, in
+        that order; ``127.0.0.1:8000`` over HTTP when none is given.
+        """
+        try:
+            found = [Listener.http(a) for a in self.http]
+            found += [Listener.https(a, self.https_ca) for a in self.https]
+            found += [Listener.uwsgi(a) for a in self.uwsgi_socket]
+            if not found:
+                found = [Listener.http("127.0.0.1:8000")]
+            wanted = {
+                w.strip() for value in self.proxy_protocol for w in value.split(",")
+            } - {""}
+            if wanted:
+                specs = {listener.spec for listener in found}
+                unknown = wanted - specs - {"all"}
+                if unknown:
+                    raise ConfigError(
+                        f"--proxy-protocol: no listener {sorted(unknown)[0]!r} "
+                        f"(listeners: {', '.join(sorted(specs))})"
+                    )
+                found = [
+                    replace(listener, proxy_protocol=True)
+                    if "all" in wanted or listener.spec in wanted
+                    else listener
+                    for listener in found
+                ]
+        except ListenerError as exc:
+            raise ConfigError(str(exc)) from None
+        return found
 
     def validate(self) -> None:
         """Refuse values that cannot work, with the option's name."""
@@ -204,7 +286,12 @@ class Config:
                 raise ConfigError(f"--sharedarea takes a number of pages: {pages!r}")
         if self.max_connections < 1:
             raise ConfigError("--max-connections must be >= 1")
-        self.listen_addresses()
+        if self.https_ca and not self.https:
+            raise ConfigError("--https-ca needs an --https listener")
+        for name in ("tls_handshake_timeout", "route_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+        self.listeners()
 
     # -- sources -------------------------------------------------------------
 
@@ -373,12 +460,3 @@ class _MultiKey:
             elif stripped.startswith("["):
                 self._seen = {}
             yield line
-
-
-def parse_address(value: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` or ``[v6]:PORT`` to (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"not HOST:PORT: {value!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)

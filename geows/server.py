@@ -8,20 +8,53 @@ close every WebSocket with 1001, wait up to a grace period, then cut.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Optional
+from functools import partial
+from typing import Any, Optional, Union
 
 import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from geows.keepalive import Registry
+from geows.listeners import Listener, bind
 from geows.wsgi import HTTPConnection, Settings
 
-__all__ = ["Server"]
+__all__ = ["Door", "Server"]
 
 log = logging.getLogger("geows.server")
+
+
+class Door:
+    """One listener's way in: its socket, its settings, what it speaks."""
+
+    def __init__(
+        self, listener: Listener, sock: socket.socket, settings: Settings
+    ) -> None:
+        self.listener = listener
+        self.sock = sock
+        bound = sock.getsockname()
+        if not listener.is_unix:
+            listener = listener.with_address((listener.address[0], bound[1]))  # type: ignore[index]
+            settings = replace(settings, server_port=str(bound[1]))
+        self.bound = listener
+        self.settings = replace(settings, url_scheme=listener.scheme)
+        self.inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+
+    def prepare(
+        self, sock: socket.socket, addr: Any
+    ) -> tuple[socket.socket, Any, bytes]:
+        """Whatever comes before the first request (PROXY header, TLS
+        handshake): the socket to talk on, the client address, bytes read.
+        """
+        return sock, addr, b""
+
+    def connection(self, sock: socket.socket, addr: Any) -> HTTPConnection:
+        """The per-client loop for this listener's protocol."""
+        return HTTPConnection(self.settings, sock, addr)
 
 
 class Server:
@@ -30,7 +63,7 @@ class Server:
     def __init__(
         self,
         settings: Settings,
-        listeners: list[Any],
+        listeners: Sequence[Union[Listener, tuple[Listener, socket.socket]]],
         *,
         max_connections: int = 10000,
     ) -> None:
@@ -41,22 +74,27 @@ class Server:
         self.settings = settings
         self.pool = Pool(max_connections)
         self.connections: dict[gevent.Greenlet, HTTPConnection] = {}
-        self.servers = [
-            StreamServer(
-                listener,
-                self._handle,
-                spawn=self.pool,
-                # gevent takes a backlog only for addresses it binds itself;
-                # a socket handed over (workers) is already listening.
-                backlog=None if hasattr(listener, "accept") else 2048,
+        self.doors: list[Door] = []
+        self.servers: list[StreamServer] = []
+        #: Unix socket files bound here, removed when the server stops.
+        self._paths: list[str] = []
+        for item in listeners:
+            if isinstance(item, Listener):
+                item = (item, bind(item))
+                if isinstance(item[0].address, str):
+                    self._paths.append(item[0].address)
+            door = Door(item[0], item[1], settings)
+            self.doors.append(door)
+            self.servers.append(
+                # The socket is bound and listening already: gevent takes a
+                # backlog only for addresses it binds itself.
+                StreamServer(item[1], partial(self._handle, door), spawn=self.pool)
             )
-            for listener in listeners
-        ]
 
     @property
-    def addresses(self) -> list[tuple[str, int]]:
-        """The bound (host, port) of each listener."""
-        return [server.address for server in self.servers]
+    def listeners(self) -> list[Listener]:
+        """Each listener, with the port it actually bound."""
+        return [door.bound for door in self.doors]
 
     def start(self) -> None:
         """Bind (if needed) and start accepting."""
@@ -69,11 +107,22 @@ class Server:
         for server in self.servers:
             server._stop_event.wait()
 
-    def _handle(self, sock: socket.socket, addr: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+    def _handle(self, door: Door, sock: socket.socket, addr: Any) -> None:
+        if door.inet:
             # Small frames go out at once instead of waiting for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = HTTPConnection(self.settings, sock, addr)
+        if door.listener.protocol != "http" or door.listener.proxy_protocol:
+            try:
+                sock, addr, initial = door.prepare(sock, addr)
+            except OSError as exc:
+                log.info("connection from %s dropped: %s", addr, exc)
+                sock.close()
+                return
+        else:
+            initial = b""
+        conn = door.connection(sock, addr)
+        if initial:
+            conn.buf += initial
         current = gevent.getcurrent()
         self.connections[current] = conn
         try:
@@ -106,4 +155,9 @@ class Server:
         self.registry.stop()
         for server in self.servers:
             server.stop(timeout=0)
+        for path in self._paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         gevent.idle()

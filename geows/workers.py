@@ -44,6 +44,7 @@ import time
 from typing import Any, NoReturn, Optional
 
 from geows.config import Config
+from geows.listeners import BACKLOG, Listener, bind
 
 __all__ = ["KILL_MARGIN", "MAX_FAST_FAILURES", "MIN_UPTIME", "Master"]
 
@@ -57,9 +58,6 @@ MAX_FAST_FAILURES = 5
 KILL_MARGIN = 5.0
 #: Seconds the hub has to exit once the workers are gone.
 HUB_STOP_TIMEOUT = 2.0
-BACKLOG = 2048
-#: Seconds a new connection may stay silent before it is accepted anyway.
-DEFER_ACCEPT = 1
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
@@ -105,8 +103,8 @@ class Master:
         self.pid = os.getpid()
         self.listeners: list[socket.socket] = []
         self.port_holds: list[socket.socket] = []
-        self.addresses: list[tuple[str, int]] = []
-        self.worker_config = config
+        #: What each listener speaks, with the port it bound (same order).
+        self.bound: list[Listener] = []
         self.workers: dict[int, Worker] = {}
         self.serving: list[Optional[Worker]] = [None] * self.size
         self.starting: list[Optional[Worker]] = [None] * self.size
@@ -364,9 +362,10 @@ class Master:
             self._child_signals(signal.SIG_IGN)
             self._close_master_fds(keep_listeners=True)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            listeners: list[Any] = list(self.listeners)
+            socks = list(self.listeners)
             if self.config.reuse_port:
-                listeners = [_listen(host, port, True) for host, port in self.addresses]
+                socks = [bind(listener, reuse_port=True) for listener in self.bound]
+            listeners = list(zip(self.bound, socks))
             from geows.cli import run_worker
 
             if self.config.monkey_patch:
@@ -376,7 +375,7 @@ class Master:
 
                 monkey.patch_all()
             status = run_worker(
-                self.worker_config,
+                self.config,
                 listeners,
                 hub_address=self.hub_address,
                 on_ready=_ReadyNotice(ready_w, self.pid),
@@ -415,11 +414,10 @@ class Master:
             self._kill(old.pid, signal.SIGTERM)
         if not self.announced and all(self.serving):
             self.announced = True
-            for host, port in self.addresses:
-                shown = f"[{host}]" if ":" in host else host
-                log.info(
-                    "geows serving %s on http://%s:%d/", self.config.app, shown, port
-                )
+            from geows.cli import announce
+
+            assert self.config.app is not None
+            announce(self.config.app, self.bound)
             log.info("master %d: %d workers ready", self.pid, self.size)
 
     def _close_ready(self, worker: Worker) -> None:
@@ -587,20 +585,23 @@ class Master:
     # -- sockets and children ----------------------------------------------------------
 
     def _http_text(self) -> str:
-        return ", ".join(self.config.http or ["127.0.0.1:8000"])
+        return ", ".join(listener.spec for listener in self.config.listeners())
 
     def _bind(self) -> None:
+        # With --reuse-port each worker binds its own socket: the master
+        # holds one bound, never listening, so port 0 resolves once and the
+        # port stays ours between generations.
         reuse = self.config.reuse_port
-        for host, port in self.config.listen_addresses():
-            sock = _listen(host, port, reuse, listen=not reuse)
-            bound_port = sock.getsockname()[1]
+        for listener in self.config.listeners():
+            if reuse and listener.is_unix:
+                raise OSError(f"--reuse-port needs TCP listeners: {listener.spec}")
+            sock = bind(listener, reuse_port=reuse, listen=not reuse)
             (self.port_holds if reuse else self.listeners).append(sock)
-            self.addresses.append((host, bound_port))
-        # Workers (and later generations) bind or report the resolved port.
-        self.worker_config = dataclasses.replace(
-            self.config,
-            http=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses],
-        )
+            if listener.is_unix:
+                self.bound.append(listener)
+            else:
+                host = listener.address[0]  # type: ignore[index]
+                self.bound.append(listener.with_address((host, sock.getsockname()[1])))
 
     def _child_signals(self, hangup: Any, interrupt: Any = signal.SIG_DFL) -> None:
         """In a forked child: the master's handlers and wake-up fd are gone."""
@@ -629,6 +630,13 @@ class Master:
     def _close_sockets(self) -> None:
         for sock in [*self.listeners, *self.port_holds]:
             sock.close()
+        for listener in self.bound:
+            if isinstance(listener.address, str):
+                try:
+                    os.unlink(listener.address)
+                except OSError:
+                    pass
+        self.bound = []
         self.listeners = []
         self.port_holds = []
         if self.hub_listener is not None:
@@ -677,48 +685,6 @@ class _ReadyNotice:
             gevent.sleep(1.0)
         log.error("worker %d: the master is gone; stopping", os.getpid())
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _listen(
-    host: str, port: int, reuse_port: bool, *, listen: bool = True
-) -> socket.socket:
-    """A TCP socket bound to (host, port); listening and non-blocking if
-    ``listen`` (several workers accept from it, so accept must never block).
-    """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        if listen:
-            _defer_accept(sock)
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _defer_accept(sock: socket.socket) -> None:
-    """Accept a connection only once its first bytes are in (Linux).
-
-    A worker that stops (SIGTERM, or replaced by a reload) closes the
-    connections waiting for a request at once; without this, that includes
-    a connection it accepted a moment before the client's request arrived,
-    and that client would see its new connection dropped. HTTP and
-    WebSocket clients speak first, so nothing waits for the server here.
-    """
-    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
-    if option is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, option, DEFER_ACCEPT)
-        except OSError:
-            pass
 
 
 def _noop_handler(signum: int, frame: Any) -> None:
