@@ -20,6 +20,8 @@ CORE = [
     "geows.handshake",
     "geows.limits",
     "geows.exceptions",
+    "geows.uwsgi_proto",
+    "geows.proxy_protocol",
 ]
 
 # time is a built-in module that CPython loads at start-up, so its presence
