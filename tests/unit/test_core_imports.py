@@ -22,6 +22,8 @@ CORE = [
     "geows.exceptions",
     "geows.uwsgi_proto",
     "geows.proxy_protocol",
+    "geows.forwarded",
+    "geows.origins",
 ]
 
 # time is a built-in module that CPython loads at start-up, so its presence
