@@ -154,6 +154,17 @@ class HTTPConnection:
                     self.sock.close()
                 except OSError:
                     pass
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop the references that make this connection a cycle (environ
+        and input point back at it), so it is freed at once, not by the
+        cyclic GC: that GC, run every few hundred connections, cost a tenth
+        of the server's time in a handshake benchmark.
+        """
+        self.environ = {}
+        self._input = None
+        self.websocket = None
 
     def _read_request(self) -> Optional[Request]:
         """Read and parse one request head; None when the client is done."""
@@ -162,15 +173,16 @@ class HTTPConnection:
         deadline: Optional[float] = None
         loop = get_hub().loop
         while True:
-            try:
-                parsed = parse_head(buf, settings.http_limits)
-            except HTTPError as exc:
-                self._refuse(exc.status)
-                return None
-            if parsed is not None:
-                request, consumed = parsed
-                del buf[:consumed]
-                return request
+            if buf:  # nothing to parse before the first read
+                try:
+                    parsed = parse_head(buf, settings.http_limits)
+                except HTTPError as exc:
+                    self._refuse(exc.status)
+                    return None
+                if parsed is not None:
+                    request, consumed = parsed
+                    del buf[:consumed]
+                    return request
             if deadline is None:
                 deadline = loop.now() + settings.header_timeout
             remaining = deadline - loop.now()
