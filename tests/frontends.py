@@ -68,6 +68,7 @@ proxy_set_header Connection "upgrade";
 proxy_set_header Host $host;
 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
 proxy_set_header X-Forwarded-Proto $scheme;
+proxy_set_header Forwarded "";
 proxy_read_timeout {read_timeout};
 """
 
@@ -260,17 +261,26 @@ def _start_nginx(front: FrontProcess, location: str) -> None:
     front.start(cmd, config)
 
 
+def _nginx_upstream(upstream: Union[int, str, Path]) -> str:
+    """A port on 127.0.0.1 or a Unix socket path, as nginx names it."""
+    if isinstance(upstream, int):
+        return f"127.0.0.1:{upstream}"
+    return f"unix:{Path(upstream).resolve()}"
+
+
 @contextmanager
-def nginx_proxy(upstream_port: int, read_timeout: str = "1h") -> Iterator[FrontProcess]:
-    """nginx ``proxy_pass`` to ``127.0.0.1:upstream_port`` (HTTP and websockets).
+def nginx_proxy(
+    upstream: Union[int, str, Path], read_timeout: str = "1h"
+) -> Iterator[FrontProcess]:
+    """nginx ``proxy_pass`` (HTTP and websockets) to a port on 127.0.0.1 (int)
+    or a Unix socket path.
 
     ``read_timeout`` is ``proxy_read_timeout``; tests lower it to see
     nginx close an idle tunnel.
     """
     with _front("nginx") as front:
-        upstream = f"127.0.0.1:{upstream_port}"
         location = NGINX_PROXY_DIRECTIVES.format(
-            upstream=upstream, read_timeout=read_timeout
+            upstream=_nginx_upstream(upstream), read_timeout=read_timeout
         )
         _start_nginx(front, location)
         yield front
@@ -282,16 +292,14 @@ def nginx_uwsgi(
 ) -> Iterator[FrontProcess]:
     """nginx ``uwsgi_pass`` to a port on 127.0.0.1 (int) or a Unix socket path."""
     with _front("nginx") as front:
-        if isinstance(upstream, int):
-            target = f"127.0.0.1:{upstream}"
-        else:
-            target = f"unix:{Path(upstream).resolve()}"
         params = SYSTEM_UWSGI_PARAMS
         if not params.is_file():
             params = front.dir / "uwsgi_params"
             params.write_text(_UWSGI_PARAMS, encoding="utf-8")
         location = NGINX_UWSGI_DIRECTIVES.format(
-            uwsgi_params=params, upstream=target, read_timeout=read_timeout
+            uwsgi_params=params,
+            upstream=_nginx_upstream(upstream),
+            read_timeout=read_timeout,
         )
         _start_nginx(front, location)
         yield front
@@ -319,9 +327,11 @@ frontend www
     bind {bind}
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+    http-request del-header Forwarded
     default_backend geows
 
 backend geows
+    balance leastconn
     server geows1 {upstream}{server_options}
 """
 

@@ -107,6 +107,23 @@ def test_a_websocket_echoes_through_the_front(
                 assert ws.recv(timeout=10) == text
 
 
+def test_nginx_proxy_pass_reaches_geows_on_a_unix_socket() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="geows-sock-"))
+    sock_path = directory / "http.sock"
+    listen = ("--http", "127.0.0.1:0", "--http", str(sock_path))
+    try:
+        with running(ECHO, *listen) as app, nginx_proxy(sock_path) as front:
+            assert f"unix:{sock_path}" in front.config
+            status, _ = get(front.url + "/")
+            assert status == 200, front.log()
+            with connect(front.ws_url + "/ws", open_timeout=10) as ws:
+                ws.send("over a unix socket")
+                assert ws.recv(timeout=10) == "over a unix socket"
+        assert "unix:" in app.log
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @contextmanager
 def quiet_websocket(kind: str, ping_freq: str) -> Iterator[tuple[FrontProcess, Any]]:
     """A websocket to the echo through a front whose idle timeout is 2 s; the
@@ -240,7 +257,10 @@ def test_haproxy_sends_a_proxy_header_when_asked(version: int) -> None:
     with haproxy_http(recorder.port, **kwargs) as front:
         with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
             client_port = sock.getsockname()[1]
-            sock.sendall(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            sock.sendall(
+                b"GET /x HTTP/1.1\r\nHost: example.com\r\n"
+                b"X-Forwarded-For: 192.0.2.7\r\nForwarded: for=198.51.100.1\r\n\r\n"
+            )
             assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK")
         received = recorder.wait()
     parsed = proxy_protocol.parse(received)
@@ -250,8 +270,13 @@ def test_haproxy_sends_a_proxy_header_when_asked(version: int) -> None:
     assert info.source == ("127.0.0.1", client_port)
     assert info.destination == ("127.0.0.1", front.port)
     head = received[size:].decode("latin-1").lower()
-    assert head.startswith("get /x http/1.1\r\n")
-    assert "\r\nx-forwarded-for: 127.0.0.1\r\n" in head
+    lines = head.split("\r\n")
+    assert lines[0] == "get /x http/1.1"
+    # Not one list: the client's header stays, HAProxy adds a second line.
+    assert lines.count("x-forwarded-for: 192.0.2.7") == 1
+    assert lines.count("x-forwarded-for: 127.0.0.1") == 1
+    assert "x-forwarded-proto: http" in lines
+    assert not any(line.startswith("forwarded:") for line in lines)
 
 
 def test_nginx_proxy_pass_sends_the_documented_headers() -> None:
@@ -259,7 +284,11 @@ def test_nginx_proxy_pass_sends_the_documented_headers() -> None:
     with nginx_proxy(recorder.port) as front:
         status, _ = get(
             front.url + "/p?q=1",
-            {"Host": "example.com:8080", "X-Forwarded-For": "192.0.2.7"},
+            {
+                "Host": "example.com:8080",
+                "X-Forwarded-For": "192.0.2.7",
+                "Forwarded": "for=198.51.100.1",
+            },
         )
         received = recorder.wait().decode("latin-1")
     assert status == 200
@@ -272,6 +301,7 @@ def test_nginx_proxy_pass_sends_the_documented_headers() -> None:
     assert "Host: example.com" in lines
     assert "X-Forwarded-For: 192.0.2.7, 127.0.0.1" in lines
     assert "X-Forwarded-Proto: http" in lines
+    assert not any(line.lower().startswith("forwarded:") for line in lines)
 
 
 @pytest.mark.parametrize("where", ["tcp", "unix"])
