@@ -79,9 +79,9 @@ uwsgi_pass {upstream};
 uwsgi_read_timeout {read_timeout};
 """
 
-#: What Debian's /etc/nginx/uwsgi_params holds (nginx's own conf/uwsgi_params
-#: sends $http_host rather than $host), written into the temp directory
-#: when the system has no such file.
+#: What Debian's /etc/nginx/uwsgi_params holds (the copy in nginx's sources
+#: has no HTTP_HOST line, so the client's Host passes as it came), written
+#: into the temp directory when the system has no such file.
 _UWSGI_PARAMS = """\
 uwsgi_param QUERY_STRING $query_string;
 uwsgi_param REQUEST_METHOD $request_method;
@@ -319,9 +319,11 @@ defaults
     option dontlognull
     option forwardfor
     timeout connect 5s
+    timeout http-request 10s
     timeout client 60s
     timeout server 60s
     timeout tunnel {tunnel_timeout}
+    timeout client-fin 30s
 
 frontend www
     bind {bind}

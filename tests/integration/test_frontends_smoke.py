@@ -5,7 +5,8 @@ Plain HTTP and a websocket echo go through nginx ``proxy_pass`` and HAProxy
 both, where the same websocket without pings is closed by the front.
 Where today's geows cannot be the upstream yet (``--uwsgi-socket``,
 ``--proxy-protocol``), a one-connection recorder stands in for it and
-shows what the front sends.
+shows what the front sends. The last tests keep docs/deploy/ and the
+fixtures' configurations the same.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from websockets.sync.client import connect
 from geows import proxy_protocol
 from geows.uwsgi_proto import parse_packet
 from tests.frontends import (
+    HAPROXY_CONFIG,
+    NGINX_PROXY_DIRECTIVES,
+    NGINX_UWSGI_DIRECTIVES,
     FrontProcess,
     free_port,
     haproxy_http,
@@ -36,11 +40,12 @@ from tests.frontends import (
     nginx_uwsgi,
     tls_ca,
 )
-from tests.servers import APPS, EXAMPLES, ServerProcess, running
+from tests.servers import APPS, EXAMPLES, ROOT, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(60)
 
 ECHO = EXAMPLES / "echo.py"
+DEPLOY = ROOT / "docs" / "deploy"
 
 # A front, given the upstream port and an idle timeout for websockets.
 Front = Callable[[int, str], AbstractContextManager[FrontProcess]]
@@ -401,3 +406,45 @@ def test_tls_ca_files_make_a_verified_handshake_with_a_client_certificate(
     peer = seen["peer"]
     assert isinstance(peer, dict)
     assert (("commonName", "geows test client"),) in peer["subject"]
+
+
+# -- the docs show what the fixtures run --------------------------------------
+
+
+def doc_lines(name: str) -> set[str]:
+    """The stripped lines of a page in docs/deploy/."""
+    text = (DEPLOY / name).read_text(encoding="utf-8")
+    return {line.strip() for line in text.splitlines()}
+
+
+def config_lines(template: str, **values: str) -> list[str]:
+    """The stripped, non-blank lines of a fixture template, filled in."""
+    lines = template.format(**values).splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def test_docs_nginx_page_shows_the_fixture_directives() -> None:
+    proxy = NGINX_PROXY_DIRECTIVES
+    tcp = config_lines(proxy, upstream="127.0.0.1:8000", read_timeout="1h")
+    unix = config_lines(proxy, upstream="unix:/run/geows/http.sock", read_timeout="")
+    uwsgi = config_lines(
+        NGINX_UWSGI_DIRECTIVES,
+        uwsgi_params="/etc/nginx/uwsgi_params",
+        upstream="unix:/run/geows/app.sock",
+        read_timeout="1h",
+    )
+    expected = [*tcp, unix[0], *uwsgi]  # unix[0]: its proxy_pass line
+    documented = doc_lines("nginx.rst")
+    assert [line for line in expected if line not in documented] == []
+
+
+def test_docs_haproxy_page_shows_the_fixture_config() -> None:
+    # The global section is the tests' own (logging to stderr).
+    config = "defaults" + HAPROXY_CONFIG.split("defaults", 1)[1]
+    values = {"bind": ":80", "upstream": "127.0.0.1:8000", "tunnel_timeout": "1h"}
+    expected = [
+        *config_lines(config, server_options="", **values),
+        *config_lines(config, server_options=" send-proxy-v2", **values)[-1:],
+    ]
+    documented = doc_lines("haproxy.rst")
+    assert [line for line in expected if line not in documented] == []
