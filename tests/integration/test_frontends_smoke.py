@@ -91,12 +91,12 @@ def test_an_http_request_reaches_geows_through_the_front(
 ) -> None:
     with FRONTS[front_kind](http_app.port, "1h") as front:
         status, body = get(front.url + "/env?via=front", {"X-Test": "through"})
-    assert status == 200, front.log()
+        assert status == 200, front.log()
     info = json.loads(body)
     assert info["PATH_INFO"] == "/env"
     assert info["QUERY_STRING"] == "via=front"
     assert info["HTTP_X_TEST"] == "through"
-    assert info["REMOTE_ADDR"] == "127.0.0.1"  # the front, until --trusted-proxies
+    assert info["REMOTE_ADDR"] == "127.0.0.1"  # the front: no --trusted-proxies
 
 
 def test_a_websocket_echoes_through_the_front(
@@ -104,7 +104,7 @@ def test_a_websocket_echoes_through_the_front(
 ) -> None:
     with FRONTS[front_kind](echo_app.port, "1h") as front:
         status, page = get(front.url + "/")
-        assert status == 200
+        assert status == 200, front.log()
         assert b"geows echo" in page
         with connect(front.ws_url + "/ws", open_timeout=10) as ws:
             for text in ("héllo", "x" * 70000):
@@ -124,7 +124,7 @@ def test_nginx_proxy_pass_reaches_geows_on_a_unix_socket() -> None:
             with connect(front.ws_url + "/ws", open_timeout=10) as ws:
                 ws.send("over a unix socket")
                 assert ws.recv(timeout=10) == "over a unix socket"
-        assert "unix:" in app.log
+        assert f"on http://unix:{sock_path}" in app.log
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
