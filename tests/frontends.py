@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import trustme
 
 __all__ = [
+    "HAPROXY_CONFIG",
     "NGINX_PROXY_DIRECTIVES",
     "NGINX_UWSGI_DIRECTIVES",
     "FrontProcess",
