@@ -526,6 +526,14 @@ def test_a_firefox_style_connection_header_passes_the_handshake(front):
     assert f.read_head().startswith(b"HTTP/1.1 101 ")
 
 
+def test_connection_header_lines_sent_as_repeated_vars_pass_the_handshake(front):
+    """nginx sends one var per header line: two HTTP_CONNECTION vars here."""
+    f = front(native_echo)
+    vars = upgrade_vars(HTTP_CONNECTION="keep-alive")
+    f.send(encode_packet([*vars.items(), ("HTTP_CONNECTION", "Upgrade")]))
+    assert f.read_head().startswith(b"HTTP/1.1 101 ")
+
+
 def test_the_websocket_sees_the_client_address_and_logs_it(front, caplog):
     seen = []
 
