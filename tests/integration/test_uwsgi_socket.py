@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -78,7 +78,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(root: Path, port: int, upstream: str) -> str:
+def _config(root: Path, port: int, upstream: str, extra: str) -> str:
     temps = "\n".join(
         f"    {kind}_temp_path {root}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -97,6 +97,7 @@ http {{
         location / {{
             include {UWSGI_PARAMS};
             uwsgi_pass {upstream};
+            {extra}
         }}
     }}
 }}
@@ -104,16 +105,19 @@ http {{
 
 
 @contextmanager
-def nginx_uwsgi(upstream: str, timeout: float = 10.0) -> Iterator[Nginx]:
+def nginx_uwsgi(
+    upstream: str, extra: str = "", timeout: float = 10.0
+) -> Iterator[Nginx]:
     """nginx in the foreground on a free 127.0.0.1 port, ``uwsgi_pass upstream``
-    (``127.0.0.1:PORT`` or ``unix:/path``); stopped on exit.
+    (``127.0.0.1:PORT`` or ``unix:/path``) plus ``extra`` directives in its
+    location; stopped on exit.
     """
     root = Path(tempfile.mkdtemp(prefix="geows-nginx-"))
     proc: Optional[subprocess.Popen[bytes]] = None
     try:
         for _attempt in range(3):  # the free port may be taken meanwhile
             port = _free_port()
-            (root / "nginx.conf").write_text(_config(root, port, upstream))
+            (root / "nginx.conf").write_text(_config(root, port, upstream, extra))
             args = ["-p", root, "-e", root / "error.log", "-c", root / "nginx.conf"]
             proc = subprocess.Popen(
                 [NGINX, *map(str, args)],
@@ -407,10 +411,9 @@ def test_a_websocket_client_library_also_works(ws_front):
 def example_behind_nginx(name: str) -> Iterator[tuple[Nginx, ServerProcess]]:
     """examples/uwsgi/NAME behind nginx, as uWSGI would be: ``--socket``."""
     app = str(EXAMPLES / "uwsgi" / name)
-    with (
-        served(app, "--socket", "127.0.0.1:0") as server,
-        nginx_uwsgi(f"127.0.0.1:{uwsgi_port(server)}") as nginx,
-    ):
+    with ExitStack() as stack:
+        server = stack.enter_context(served(app, "--socket", "127.0.0.1:0"))
+        nginx = stack.enter_context(nginx_uwsgi(f"127.0.0.1:{uwsgi_port(server)}"))
         yield nginx, server
 
 
@@ -447,3 +450,21 @@ def test_the_guarded_example_refuses_and_accepts_behind_nginx(uwsgi_guarded):
         ws.send("guarded")
         assert ws.recv(timeout=10) == "guarded"
     server.wait_for_log("guarded: session of nginx ended after 1 messages")
+
+
+def test_keepalive_pings_keep_nginx_from_cutting_an_idle_websocket():
+    """nginx closes an upgraded connection that sends nothing for
+    ``uwsgi_read_timeout``; geows' pings are traffic, so a quiet client
+    survives a longer silence (the migration guide's advice).
+    """
+    app = str(EXAMPLES / "uwsgi" / "echo.py")
+    args = ("--socket", "127.0.0.1:0", "--websockets-ping-freq", "0.3")
+    with ExitStack() as stack:
+        server = stack.enter_context(served(app, *args))
+        upstream = f"127.0.0.1:{uwsgi_port(server)}"
+        nginx = stack.enter_context(nginx_uwsgi(upstream, "uwsgi_read_timeout 1s;"))
+        url = f"ws://127.0.0.1:{nginx.port}/"
+        ws = stack.enter_context(connect(url, open_timeout=10))
+        time.sleep(2.5)  # silence longer than uwsgi_read_timeout
+        ws.send("still here")
+        assert ws.recv(timeout=10) == "still here"
