@@ -1,38 +1,37 @@
 """``--uwsgi-socket`` behind the real nginx (``uwsgi_pass``), TCP and Unix socket.
 
-nginx is configured as the issue promises it works: ``uwsgi_pass ADDRESS;
-include uwsgi_params;`` and nothing else, no websocket-specific lines.
-Requests go to nginx; nginx speaks the uwsgi protocol to ``geows serve``.
+nginx is ``tests.frontends.nginx_uwsgi``: ``include uwsgi_params;
+uwsgi_pass ADDRESS;`` and ``uwsgi_read_timeout``, no websocket-specific
+lines. Requests go to nginx; nginx speaks the uwsgi protocol to ``geows
+serve``.
 
 What nginx 1.22 sends (checked on the wire): the ``uwsgi_params`` vars
 (REQUEST_METHOD, REQUEST_URI, PATH_INFO decoded, QUERY_STRING, empty
 CONTENT_TYPE/CONTENT_LENGTH without a body, SERVER_PROTOCOL, REQUEST_SCHEME,
 REMOTE_ADDR/REMOTE_PORT of the client, SERVER_NAME/SERVER_PORT, HTTP_HOST),
-then every request header as HTTP_*, ``HTTP_UPGRADE`` and
-``HTTP_CONNECTION`` exactly as the client sent them (also
-``HTTP_EXPECT``, which nginx has already answered).
+then every request header line as an HTTP_* var (a repeated line as a
+repeated var), ``HTTP_UPGRADE`` and ``HTTP_CONNECTION`` exactly as the
+client sent them (also ``HTTP_EXPECT``, which nginx has already answered).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import pytest
 import websocket
 from websockets.sync.client import connect
 
 from geows.uwsgi_proto import encode_packet
+from tests.frontends import FrontProcess, nginx_uwsgi
 from tests.integration.support import (
     RawWebSocket,
     Reader,
@@ -44,109 +43,7 @@ from tests.integration.support import (
 )
 from tests.servers import APPS, EXAMPLES, ServerProcess
 
-NGINX = "/usr/sbin/nginx"
-UWSGI_PARAMS = "/etc/nginx/uwsgi_params"
-
-pytestmark = [
-    pytest.mark.timeout(30),
-    pytest.mark.skipif(
-        not (os.access(NGINX, os.X_OK) and os.path.exists(UWSGI_PARAMS)),
-        reason="needs nginx with its uwsgi_params",
-    ),
-]
-
-
-# -- a minimal nginx in front (to fold into tests/frontends.py) ----------------
-
-
-class Nginx:
-    """A running nginx: its port, its directory (logs), its process."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, root: Path):
-        self.proc = proc
-        self.port = port
-        self.root = root
-
-    @property
-    def error_log(self) -> str:
-        return (self.root / "error.log").read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _config(root: Path, port: int, upstream: str, extra: str) -> str:
-    temps = "\n".join(
-        f"    {kind}_temp_path {root}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return f"""
-daemon off;
-master_process off;
-pid {root}/nginx.pid;
-error_log {root}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {root}/access.log;
-{temps}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            include {UWSGI_PARAMS};
-            uwsgi_pass {upstream};
-            {extra}
-        }}
-    }}
-}}
-"""
-
-
-@contextmanager
-def nginx_uwsgi(
-    upstream: str, extra: str = "", timeout: float = 10.0
-) -> Iterator[Nginx]:
-    """nginx in the foreground on a free 127.0.0.1 port, ``uwsgi_pass upstream``
-    (``127.0.0.1:PORT`` or ``unix:/path``) plus ``extra`` directives in its
-    location; stopped on exit.
-    """
-    root = Path(tempfile.mkdtemp(prefix="geows-nginx-"))
-    proc: Optional[subprocess.Popen[bytes]] = None
-    try:
-        for _attempt in range(3):  # the free port may be taken meanwhile
-            port = _free_port()
-            (root / "nginx.conf").write_text(_config(root, port, upstream, extra))
-            args = ["-p", root, "-e", root / "error.log", "-c", root / "nginx.conf"]
-            proc = subprocess.Popen(
-                [NGINX, *map(str, args)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 1).close()
-                except OSError:
-                    time.sleep(0.05)
-                    continue
-                yield Nginx(proc, port, root)
-                return
-            proc.kill()
-            proc.wait(5)
-        log = (root / "error.log").read_text(errors="replace")
-        raise AssertionError(f"nginx did not start:\n{log}")
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT)  # graceful
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        shutil.rmtree(root, ignore_errors=True)
+pytestmark = pytest.mark.timeout(30)
 
 
 # -- servers -------------------------------------------------------------------
@@ -188,17 +85,17 @@ def native_app(sock_dir: Path) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module", params=["tcp", "unix"])
 def front(
     request: pytest.FixtureRequest, http_app: ServerProcess, sock_dir: Path
-) -> Iterator[tuple[Nginx, ServerProcess]]:
+) -> Iterator[tuple[FrontProcess, ServerProcess]]:
     """nginx in front of http_app, over TCP or over a Unix socket."""
     if request.param == "tcp":
-        with nginx_uwsgi(f"127.0.0.1:{uwsgi_port(http_app)}") as nginx:
+        with nginx_uwsgi(uwsgi_port(http_app)) as nginx:
             yield nginx, http_app
         return
     path = sock_dir / "http.sock"
     app = str(APPS / "http_app.py")
     with served(app, "--uwsgi-socket", str(path)) as server:
         assert server.url("uwsgi://") == f"uwsgi://unix:{path}"
-        with nginx_uwsgi(f"unix:{path}") as nginx:
+        with nginx_uwsgi(path) as nginx:
             yield nginx, server
 
 
@@ -307,7 +204,7 @@ def test_an_app_error_is_a_500_through_nginx(front):
 def test_nginx_logged_no_upstream_errors(front):
     nginx, _ = front
     exchange(nginx.port, "GET", "/one")
-    log = nginx.error_log
+    log = nginx.log()
     assert "upstream prematurely closed" not in log
     assert "[error]" not in log, log
 
@@ -347,11 +244,11 @@ def test_a_packet_sent_directly_is_served_with_its_remote_addr(http_app):
 @pytest.fixture(scope="module", params=["tcp", "unix"])
 def ws_front(
     request: pytest.FixtureRequest, native_app: ServerProcess, sock_dir: Path
-) -> Iterator[tuple[Nginx, ServerProcess]]:
+) -> Iterator[tuple[FrontProcess, ServerProcess]]:
     if request.param == "tcp":
-        upstream = f"127.0.0.1:{uwsgi_port(native_app)}"
+        upstream: Union[int, Path] = uwsgi_port(native_app)
     else:
-        upstream = f"unix:{sock_dir / 'native.sock'}"
+        upstream = sock_dir / "native.sock"
     with nginx_uwsgi(upstream) as nginx:
         yield nginx, native_app
 
@@ -408,17 +305,17 @@ def test_a_websocket_client_library_also_works(ws_front):
 
 
 @contextmanager
-def example_behind_nginx(name: str) -> Iterator[tuple[Nginx, ServerProcess]]:
+def example_behind_nginx(name: str) -> Iterator[tuple[FrontProcess, ServerProcess]]:
     """examples/uwsgi/NAME behind nginx, as uWSGI would be: ``--socket``."""
     app = str(EXAMPLES / "uwsgi" / name)
     with ExitStack() as stack:
         server = stack.enter_context(served(app, "--socket", "127.0.0.1:0"))
-        nginx = stack.enter_context(nginx_uwsgi(f"127.0.0.1:{uwsgi_port(server)}"))
+        nginx = stack.enter_context(nginx_uwsgi(uwsgi_port(server)))
         yield nginx, server
 
 
 @pytest.fixture(scope="module")
-def uwsgi_echo() -> Iterator[tuple[Nginx, ServerProcess]]:
+def uwsgi_echo() -> Iterator[tuple[FrontProcess, ServerProcess]]:
     with example_behind_nginx("echo.py") as both:
         yield both
 
@@ -434,7 +331,7 @@ def test_the_uwsgi_echo_example_works_behind_nginx(uwsgi_echo):
 
 
 @pytest.fixture(scope="module")
-def uwsgi_guarded() -> Iterator[tuple[Nginx, ServerProcess]]:
+def uwsgi_guarded() -> Iterator[tuple[FrontProcess, ServerProcess]]:
     with example_behind_nginx("guarded.py") as both:
         yield both
 
@@ -461,8 +358,8 @@ def test_keepalive_pings_keep_nginx_from_cutting_an_idle_websocket():
     args = ("--socket", "127.0.0.1:0", "--websockets-ping-freq", "0.3")
     with ExitStack() as stack:
         server = stack.enter_context(served(app, *args))
-        upstream = f"127.0.0.1:{uwsgi_port(server)}"
-        nginx = stack.enter_context(nginx_uwsgi(upstream, "uwsgi_read_timeout 1s;"))
+        upstream = uwsgi_port(server)
+        nginx = stack.enter_context(nginx_uwsgi(upstream, read_timeout="1s"))
         url = f"ws://127.0.0.1:{nginx.port}/"
         ws = stack.enter_context(connect(url, open_timeout=10))
         time.sleep(2.5)  # silence longer than uwsgi_read_timeout
