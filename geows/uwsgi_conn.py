@@ -38,8 +38,9 @@ __all__ = ["UwsgiConnection", "url_scheme"]
 #: (RFC 3875 4.1.18), and nginx sends these duplicates as well.
 _SHADOWED = frozenset(("HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"))
 #: CGI variables taken from the request and the listener when the packet
-#: has none (absent), or none or an empty one.
+#: lacks them (these may legitimately be empty)...
 _IF_ABSENT = ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "REQUEST_URI")
+#: ...and these also when empty (PEP 3333: never empty).
 _IF_EMPTY = (
     "SERVER_NAME",
     "SERVER_PORT",
