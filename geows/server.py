@@ -21,6 +21,7 @@ from gevent.server import StreamServer
 
 from geows.keepalive import Registry
 from geows.listeners import Listener, bind
+from geows.uwsgi_conn import UwsgiConnection
 from geows.wsgi import HTTPConnection, Settings
 
 __all__ = ["Door", "Server"]
@@ -54,6 +55,8 @@ class Door:
 
     def connection(self, sock: socket.socket, addr: Any) -> HTTPConnection:
         """The per-client loop for this listener's protocol."""
+        if self.listener.protocol == "uwsgi":
+            return UwsgiConnection(self.settings, sock, addr)
         return HTTPConnection(self.settings, sock, addr)
 
 
