@@ -313,6 +313,47 @@ def test_a_half_closed_post_still_gets_its_answer(front):
     assert json_body(response.body)["body"] == "abc"
 
 
+def test_a_request_pipelined_after_a_routed_one_never_reaches_the_backend(
+    front, backend
+):
+    with open_socket(front.port) as sock:
+        sock.sendall(
+            request_bytes("GET", "/api/first") + request_bytes("GET", "/api/second")
+        )
+        reader = Reader(sock)
+        response = read_response(reader)
+        assert json_body(response.body)["path"] == "/api/first"
+        assert reader.at_eof()
+    backend.wait_for_log(r'"GET /api/first HTTP/1.1" 200')
+    assert "/api/second" not in backend.log
+
+
+def test_a_chunked_body_over_limit_post_is_refused_before_the_backend_answers(
+    backend,
+):
+    with (
+        running(
+            LOCAL_APP,
+            "--route",
+            f"^/api http:127.0.0.1:{backend.port}",
+            "--limit-post",
+            "10",
+        ) as server,
+        open_socket(server.port) as sock,
+    ):
+        sock.sendall(
+            request_bytes(
+                "POST",
+                "/api/post",
+                [("Transfer-Encoding", "chunked")],
+                chunked(b"0123456789", b"overflow"),
+            )
+        )
+        response = read_response(Reader(sock))
+        assert response.status == 413
+        server.wait_for_log(r"bad request body from 127\.0\.0\.1")
+
+
 def test_paths_no_route_matches_are_served_by_the_local_app(front):
     with open_socket(front.port) as sock:
         reader = Reader(sock)
