@@ -17,6 +17,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -293,6 +294,43 @@ def test_a_large_chunked_answer_arrives_whole(front):
     response = http_exchange(front.port, "GET", "/api/big?n=5000000")
     assert response.chunked
     assert response.body == b"x" * 5_000_000
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_a_client_that_stops_reading_holds_the_backend_back(front):
+    # Backpressure: while the client reads nothing, the front reads no more
+    # from the backend than it can pass on, so its memory stays flat however
+    # large the answer. (A front that buffered would take in the 64 MiB at
+    # loopback speed.)
+    size = 64 * 1024 * 1024
+    before = _rss_kib(front.proc.pid)
+    with open_socket(front.port) as sock:
+        sock.sendall(request_bytes("GET", f"/api/big?n={size}"))
+        reader = Reader(sock)
+        response = read_head(reader)
+        assert response.status == 200
+        peak = before
+        for _ in range(10):
+            time.sleep(0.1)
+            peak = max(peak, _rss_kib(front.proc.pid))
+        assert peak - before < 16 * 1024, f"the front grew by {peak - before} KiB"
+        total = 0
+        while True:  # then all of it arrives
+            line = reader.read_until(b"\r\n")
+            chunk = int(line.strip(), 16)
+            if not chunk:
+                break
+            total += len(reader.read_exact(chunk))
+            reader.read_exact(2)
+    assert total == size
 
 
 def test_a_client_that_half_closes_still_gets_the_whole_answer(front):
