@@ -37,6 +37,8 @@ from geows.http import (
 )
 from geows.keepalive import Registry
 from geows.limits import Limits, Timeouts
+from geows.proxy import relay
+from geows.router import Route, find_route
 from geows.uwsgi_proto import UwsgiLimits
 
 __all__ = ["HTTPConnection", "Settings", "current_connection"]
@@ -80,6 +82,10 @@ class Settings:
     server_port: str = "80"
     registry: Optional[Registry] = None
     extra_environ: dict[str, Any] = field(default_factory=dict)
+    #: ``--route``: requests whose PATH_INFO matches go to a backend.
+    routes: tuple[Route, ...] = ()
+    #: Seconds a routed backend has to accept, and to start its answer.
+    route_timeout: float = 30.0
 
 
 class _Closed(Exception):
@@ -247,6 +253,12 @@ class HTTPConnection:
         self._keep_alive = request.keep_alive
         inp = self._input = Input(self, request)
         environ = self.environ = self._environ(request, inp)
+        if settings.routes:
+            route = find_route(settings.routes, environ["PATH_INFO"])
+            if route is not None:
+                self._keep_alive = False  # the relay ends the connection
+                relay(self, route, environ)
+                return
         start = time.monotonic()
         result: Optional[Iterable[bytes]] = None
         try:
