@@ -126,6 +126,8 @@ def run_worker(
         server_port=str(port),
         registry=Registry(timeouts),
         multiprocess=config.processes > 1,
+        routes=config.routes(),
+        route_timeout=config.route_timeout,
     )
     server = Server(
         settings,

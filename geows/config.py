@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from geows.limits import Limits, Timeouts
 from geows.listeners import Listener, ListenerError
+from geows.router import Route, parse_route
 
 __all__ = ["Config", "ConfigError", "add_arguments"]
 
@@ -98,8 +99,9 @@ class Config:
     )
     route: list[str] = opt(
         [],
-        "'REGEX ACTION': proxy requests whose path matches to ACTION, "
-        "http:HOST:PORT or uwsgi:HOST:PORT[,MOD1,MOD2] (repeatable; first match wins)",
+        "'REGEX ACTION': proxy requests whose PATH_INFO matches REGEX to ACTION, "
+        "http:ADDRESS or uwsgi:ADDRESS[,MOD1,MOD2], ADDRESS being HOST:PORT or a "
+        "Unix socket path (repeatable; first match wins)",
         metavar="'REGEX ACTION'",
     )
     route_timeout: float = opt(
@@ -268,6 +270,16 @@ class Config:
             raise ConfigError(str(exc)) from None
         return found
 
+    def routes(self) -> tuple[Route, ...]:
+        """The ``--route`` options, parsed, in the order given."""
+        found = []
+        for text in self.route:
+            try:
+                found.append(parse_route(text))
+            except ValueError as exc:
+                raise ConfigError(f"--route {text!r}: {exc}") from None
+        return tuple(found)
+
     def validate(self) -> None:
         """Refuse values that cannot work, with the option's name."""
         if not self.app:
@@ -292,6 +304,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
         self.listeners()
+        self.routes()
 
     # -- sources -------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from greenlet import GreenletExit, getcurrent, greenlet  # type: ignore[import-u
 from geows.keepalive import Registry
 from geows.listeners import Listener, bind
 from geows.stream import Stream
+from geows.uwsgi_conn import UwsgiConnection
 from geows.wsgi import HTTPConnection, Settings
 
 __all__ = ["Door", "Server"]
@@ -56,6 +57,8 @@ class Door:
 
     def connection(self, sock: socket.socket, addr: Any) -> HTTPConnection:
         """The per-client loop for this listener's protocol."""
+        if self.listener.protocol == "uwsgi":
+            return UwsgiConnection(self.settings, sock, addr)
         return HTTPConnection(self.settings, sock, addr)
 
 

@@ -19,6 +19,13 @@ it lower and bounds the number of vars, as ``HTTPLimits`` does for headers.
 Errors are :class:`geows.http.HTTPError`, so the I/O layer answers a bad
 packet exactly like a bad HTTP head: 400 malformed, 431 too many vars or too
 large, 501 a ``modifier1`` other than 0.
+
+Repeated header lines: nginx sends one ``HTTP_*`` var per request header
+line, so a header the client sent twice (two ``Connection`` lines, two
+``Cookie`` lines) arrives as two vars of the same name. Those are joined
+with "," in wire order, as a recipient may combine field lines (RFC 9110
+5.3) and as geows' HTTP listener builds its environ; any other repeated
+name is ambiguous and refused (400).
 """
 
 from __future__ import annotations
@@ -224,10 +231,11 @@ def parse_packet(
 def _parse_vars(data: bytes, limits: UwsgiLimits) -> dict[str, str]:
     """Decode a packet's ``keysize key valsize value`` sequence."""
     result: dict[str, str] = {}
+    count = 0  # vars read, repeated names included
     pos = 0
     end = len(data)
     while pos < end:
-        if len(result) >= limits.max_vars:
+        if count >= limits.max_vars:
             raise HTTPError(
                 HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many uwsgi vars"
             )
@@ -251,10 +259,15 @@ def _parse_vars(data: bytes, limits: UwsgiLimits) -> dict[str, str]:
         pos += 2
         if pos + size > end:
             raise _bad(f"uwsgi var {shown} value runs past the packet")
-        if key in result:
-            raise _bad(f"duplicate uwsgi var {shown}")
-        result[key] = data[pos : pos + size].decode("latin-1")
+        value = data[pos : pos + size].decode("latin-1")
         pos += size
+        count += 1
+        if key not in result:
+            result[key] = value
+        elif key.startswith("HTTP_"):
+            result[key] += "," + value  # a repeated header line
+        else:
+            raise _bad(f"duplicate uwsgi var {shown}")
     return result
 
 
@@ -265,8 +278,9 @@ def encode_packet(
 ) -> bytes:
     """One uwsgi packet carrying `vars`: the client side, for forwarding requests.
 
-    Names must be non-empty ASCII and unique, values latin-1 encodable (PEP
-    3333 strings).  Raises ValueError for anything parse_packet would refuse
+    Names must be non-empty ASCII and unique but for ``HTTP_*`` ones (repeated
+    header lines, as nginx sends them), values latin-1 encodable (PEP 3333
+    strings).  Raises ValueError for anything parse_packet would refuse
     or the format cannot carry: a name or value over 65535 bytes, a packet
     whose vars exceed 65535 bytes, a modifier outside 0-255.
     """
@@ -278,7 +292,7 @@ def encode_packet(
     for key, value in pairs:
         if not key or not key.isascii():
             raise ValueError(f"uwsgi var name {key!r} is empty or not ASCII")
-        if key in seen:
+        if key in seen and not key.startswith("HTTP_"):
             raise ValueError(f"duplicate uwsgi var {key!r}")
         seen.add(key)
         raw_key = key.encode("ascii")

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 from urllib.parse import unquote_to_bytes
 
 from gevent import get_hub
@@ -37,6 +37,9 @@ from geows.http import (
 )
 from geows.keepalive import Registry
 from geows.limits import Limits, Timeouts
+from geows.proxy import relay
+from geows.router import Route, find_route
+from geows.uwsgi_proto import UwsgiLimits
 
 __all__ = ["HTTPConnection", "Settings", "current_connection"]
 
@@ -65,6 +68,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     http_limits: HTTPLimits = field(default_factory=HTTPLimits)
+    uwsgi_limits: UwsgiLimits = field(default_factory=UwsgiLimits)
     #: Seconds a client has to send a complete request head, and the
     #: longest a kept-alive connection may sit idle between requests.
     header_timeout: float = 10.0
@@ -78,6 +82,10 @@ class Settings:
     server_port: str = "80"
     registry: Optional[Registry] = None
     extra_environ: dict[str, Any] = field(default_factory=dict)
+    #: ``--route``: requests whose PATH_INFO matches go to a backend.
+    routes: tuple[Route, ...] = ()
+    #: Seconds a routed backend has to accept, and to start its answer.
+    route_timeout: float = 30.0
 
 
 class _Closed(Exception):
@@ -85,7 +93,19 @@ class _Closed(Exception):
 
 
 class HTTPConnection:
-    """One client connection: HTTP/1.1 requests, then maybe a WebSocket."""
+    """One client connection: HTTP/1.1 requests, then maybe a WebSocket.
+
+    Subclasses for other front doors (:class:`geows.uwsgi_conn.UwsgiConnection`)
+    override :meth:`_parse_head`, :meth:`_cgi_environ`, :meth:`_close` and
+    the two response-framing attributes below; the loop, the app call and
+    the upgrade stay here.
+    """
+
+    #: Whether a response body of unknown length goes chunked to an HTTP/1.1
+    #: client; if not, the connection's close marks its end.
+    chunked_responses: ClassVar[bool] = True
+    #: The status line's HTTP version; None answers in the request's.
+    response_version: ClassVar[Optional[str]] = None
 
     __slots__ = (
         "_bodiless",
@@ -149,12 +169,16 @@ class HTTPConnection:
         except OSError as exc:
             log.debug("connection from %s: %s", self.addr, exc)
         finally:
-            if self.websocket is None:
-                try:
-                    self.sock.close()
-                except OSError:
-                    pass
+            if self.websocket is None:  # else the WebSocket owns the socket
+                self._close()
             self._forget()
+
+    def _close(self) -> None:
+        """Close the client socket once the connection is done."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
     def _forget(self) -> None:
         """Drop the references that make this connection a cycle (environ
@@ -175,7 +199,7 @@ class HTTPConnection:
         while True:
             if buf:  # nothing to parse before the first read
                 try:
-                    parsed = parse_head(buf, settings.http_limits)
+                    parsed = self._parse_head(buf)
                 except HTTPError as exc:
                     self._refuse(exc.status)
                     return None
@@ -203,6 +227,12 @@ class HTTPConnection:
             if not data:
                 return None
             buf += data
+
+    def _parse_head(self, buf: bytearray) -> Optional[tuple[Request, int]]:
+        """The request at the start of ``buf`` and the bytes it took; None
+        while incomplete. Raises HTTPError with the status to refuse with.
+        """
+        return parse_head(buf, self.settings.http_limits)
 
     def _refuse(self, status: HTTPStatus) -> None:
         """Answer a request we cannot serve and stop reading from the client."""
@@ -235,6 +265,12 @@ class HTTPConnection:
         self._keep_alive = request.keep_alive
         inp = self._input = Input(self, request)
         environ = self.environ = self._environ(request, inp)
+        if settings.routes:
+            route = find_route(settings.routes, environ["PATH_INFO"])
+            if route is not None:
+                self._keep_alive = False  # the relay ends the connection
+                relay(self, route, environ)
+                return
         start = time.monotonic()
         result: Optional[Iterable[bytes]] = None
         try:
@@ -384,7 +420,7 @@ class HTTPConnection:
         status = self._status
         code = status[:3]
         lines = [
-            request.version.encode("ascii"),
+            (self.response_version or request.version).encode("ascii"),
             b" ",
             status.encode("latin-1"),
             b"\r\n",
@@ -404,7 +440,7 @@ class HTTPConnection:
         if not has_length and not bodiless:
             if complete:
                 lines.append(b"Content-Length: 0\r\n")
-            elif request.version == "HTTP/1.1":
+            elif request.version == "HTTP/1.1" and self.chunked_responses:
                 self._chunked = True
                 lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
@@ -420,6 +456,28 @@ class HTTPConnection:
     # -- the environ ---------------------------------------------------------------
 
     def _environ(self, request: Request, inp: Input) -> dict[str, Any]:
+        """The PEP 3333 environ: :meth:`_cgi_environ`, then the ``wsgi.*`` keys."""
+        settings = self.settings
+        environ = self._cgi_environ(request)
+        environ.update(
+            {
+                "wsgi.version": (1, 0),
+                "wsgi.url_scheme": settings.url_scheme,
+                "wsgi.input": inp,
+                "wsgi.input_terminated": True,
+                "wsgi.errors": sys.stderr,
+                "wsgi.multithread": False,
+                "wsgi.multiprocess": settings.multiprocess,
+                "wsgi.run_once": False,
+                "geows.connection": self,
+            }
+        )
+        if settings.extra_environ:
+            environ.update(settings.extra_environ)
+        return environ
+
+    def _cgi_environ(self, request: Request) -> dict[str, Any]:
+        """The request's CGI variables (RFC 3875 4.1): from its head and the socket."""
         settings = self.settings
         target = request.target
         path, _, query = target.partition("?")
@@ -439,18 +497,7 @@ class HTTPConnection:
             "SERVER_PROTOCOL": request.version,
             "REMOTE_ADDR": addr[0] if isinstance(addr, tuple) else "",
             "REMOTE_PORT": str(addr[1]) if isinstance(addr, tuple) else "",
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": settings.url_scheme,
-            "wsgi.input": inp,
-            "wsgi.input_terminated": True,
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
-            "wsgi.multiprocess": settings.multiprocess,
-            "wsgi.run_once": False,
-            "geows.connection": self,
         }
-        if settings.extra_environ:
-            environ.update(settings.extra_environ)
         for name, value in request.headers:
             if name == "content-type":
                 environ["CONTENT_TYPE"] = value

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
 EXAMPLES = ROOT / "examples"
 _SERVING = re.compile(r"serving .* on http://(\[?[0-9a-f.:]+\]?):(\d+)/")
+#: Any listener's line: http://HOST:PORT/, uwsgi://HOST:PORT/, uwsgi://unix:PATH
+_LISTENING = re.compile(r"geows serving .* on ([a-z]+://\S+)")
 
 
 class ServerProcess:
@@ -28,6 +30,8 @@ class ServerProcess:
         self.lines: list[str] = []
         self.port = 0
         self.host = "127.0.0.1"
+        #: Every listener's URL as logged, in order (``uwsgi://127.0.0.1:PORT/``).
+        self.urls: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -36,6 +40,9 @@ class ServerProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
+            listening = _LISTENING.search(line)
+            if listening:
+                self.urls.append(listening.group(1))
             match = _SERVING.search(line)
             if match and not self._ready.is_set():
                 self.host = match.group(1).strip("[]")
@@ -50,6 +57,18 @@ class ServerProcess:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    def url(self, prefix: str, timeout: float = 10.0) -> str:
+        """The first listener URL starting with ``prefix`` (``"uwsgi://"``),
+        waiting for its log line (the listeners are logged one by one).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for url in list(self.urls):
+                if url.startswith(prefix):
+                    return url
+            time.sleep(0.02)
+        raise AssertionError(f"no listener {prefix}... in:\n{self.log}")
 
     @property
     def log(self) -> str:

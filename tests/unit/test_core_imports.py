@@ -20,6 +20,7 @@ CORE = [
     "geows.handshake",
     "geows.limits",
     "geows.exceptions",
+    "geows.router",
     "geows.uwsgi_proto",
     "geows.proxy_protocol",
     "geows.forwarded",

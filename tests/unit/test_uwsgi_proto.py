@@ -266,6 +266,27 @@ def test_a_duplicate_key_is_400():
     assert refused(packet(METHOD + METHOD)) == HTTPStatus.BAD_REQUEST
 
 
+def test_repeated_header_lines_are_joined_as_nginx_sends_them():
+    # nginx 1.22, for "Connection: keep-alive" and "Connection: Upgrade" lines
+    request = parsed(
+        packet_of(
+            ("REQUEST_METHOD", "GET"),
+            ("HTTP_CONNECTION", "keep-alive"),
+            ("HTTP_UPGRADE", "websocket"),
+            ("HTTP_CONNECTION", "Upgrade"),
+        )
+    )
+    assert request.vars["HTTP_CONNECTION"] == "keep-alive,Upgrade"
+    assert list(request.vars) == ["REQUEST_METHOD", "HTTP_CONNECTION", "HTTP_UPGRADE"]
+    assert request.to_http_request().has_token("connection", "upgrade")
+
+
+def test_repeated_header_lines_count_towards_max_vars():
+    data = packet_of(("REQUEST_METHOD", "GET"), *[("HTTP_X", "1")] * 4)
+    limits = UwsgiLimits(max_vars=4)
+    assert refused(data, limits) == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+
+
 def test_a_key_that_is_not_ascii_is_400():
     assert refused(packet(METHOD + var(b"CAF\xc9", b"x"))) == HTTPStatus.BAD_REQUEST
 
@@ -404,6 +425,12 @@ def test_a_packet_of_exactly_65535_bytes_encodes_and_parses():
 def test_encode_packet_refuses_what_parse_would_refuse(pairs):
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
         encode_packet(pairs)
+
+
+def test_encode_packet_repeats_header_vars_as_nginx_does():
+    data = encode_packet([("REQUEST_METHOD", "GET"), ("HTTP_A", "1"), ("HTTP_A", "2")])
+    assert data.count(b"HTTP_A") == 2
+    assert parsed(data).vars["HTTP_A"] == "1,2"
 
 
 def test_encode_packet_refuses_a_modifier_outside_a_byte():
