@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import unquote_to_bytes
 
 from gevent import get_hub
@@ -37,6 +37,9 @@ from geows.http import (
 )
 from geows.keepalive import Registry
 from geows.limits import Limits, Timeouts
+
+if TYPE_CHECKING:
+    from geows.tls import TLSTransport
 
 __all__ = ["HTTPConnection", "Settings", "current_connection"]
 
@@ -78,6 +81,11 @@ class Settings:
     server_port: str = "80"
     registry: Optional[Registry] = None
     extra_environ: dict[str, Any] = field(default_factory=dict)
+    #: Seconds a client of a TLS listener has to complete the handshake.
+    tls_handshake_timeout: float = 10.0
+    #: Makes a WebSocket's transport from the connection's socket (TLS
+    #: listeners: :class:`geows.tls.TLSTransport`); None: the raw socket.
+    transport: Optional[Callable[[Any], TLSTransport]] = None
 
 
 class _Closed(Exception):
@@ -504,6 +512,7 @@ class HTTPConnection:
         initial = bytes(self.buf)
         self.buf.clear()
         self.sock.settimeout(None)
+        make_transport = settings.transport
         ws = WebSocket(
             self.sock,
             self.environ,
@@ -513,6 +522,7 @@ class HTTPConnection:
             registry=settings.registry,
             initial=initial,
             on_finish=self._websocket_finished if settings.access_log else None,
+            transport=None if make_transport is None else make_transport(self.sock),
         )
         self.websocket = ws
         # The environ keeps the headers; the parsed copy would only cost
