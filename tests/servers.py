@@ -17,7 +17,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
 EXAMPLES = ROOT / "examples"
-_SERVING = re.compile(r"serving .* on http://(\[?[0-9a-f.:]+\]?):(\d+)/")
+_SERVING = re.compile(r"serving .* on (https?)://(\[?[0-9a-f.:]+\]?):(\d+)/")
 
 
 class ServerProcess:
@@ -26,8 +26,12 @@ class ServerProcess:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
         self.lines: list[str] = []
+        #: The first HTTP or HTTPS listener's port and host (its scheme in
+        #: ``scheme``); every one announced is in ``urls``.
         self.port = 0
         self.host = "127.0.0.1"
+        self.scheme = "http"
+        self.urls: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -37,10 +41,14 @@ class ServerProcess:
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
             match = _SERVING.search(line)
-            if match and not self._ready.is_set():
-                self.host = match.group(1).strip("[]")
-                self.port = int(match.group(2))
-                self._ready.set()
+            if match:
+                scheme, host, port = match.groups()
+                self.urls.append(f"{scheme}://{host}:{port}")
+                if not self._ready.is_set():
+                    self.scheme = scheme
+                    self.host = host.strip("[]")
+                    self.port = int(port)
+                    self._ready.set()
         self._ready.set()
 
     @property
@@ -50,6 +58,26 @@ class ServerProcess:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    def port_of(self, scheme: str, timeout: float = 10.0) -> int:
+        """The port of the first listener announced with ``scheme`` (http or
+        https), waiting for its line: each listener has its own.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for url in list(self.urls):
+                if url.startswith(scheme + "://"):
+                    return int(url.rsplit(":", 1)[1])
+            time.sleep(0.02)
+        raise AssertionError(f"no {scheme}:// listener announced in:\n{self.log}")
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.port_of('https')}"
+
+    @property
+    def wss_url(self) -> str:
+        return f"wss://127.0.0.1:{self.port_of('https')}"
 
     @property
     def log(self) -> str:
@@ -81,9 +109,12 @@ class ServerProcess:
 def start_server(
     app: str | Path, *args: str, env: Optional[dict[str, str]] = None
 ) -> ServerProcess:
-    """Start ``geows serve APP --http 127.0.0.1:0 ARGS`` and wait until it listens."""
+    """Start ``geows serve APP --http 127.0.0.1:0 ARGS`` and wait until it
+    listens (ARGS with a listener of their own, ``--http`` or ``--https``,
+    replace that one).
+    """
     cmd = [sys.executable, "-m", "geows", "serve", str(app)]
-    listen = ("--http", "--http-socket", "--ini")
+    listen = ("--http", "--http-socket", "--https", "--https-socket", "--ini")
     if not any(a in listen or a.split("=", 1)[0] in listen for a in args):
         cmd += ["--http", "127.0.0.1:0"]
     cmd += list(args)
