@@ -63,12 +63,11 @@ def server_context(
         from gevent import ssl as gevent_ssl
 
         context_class = gevent_ssl.SSLContext
-    assert context_class is not None
     context = context_class(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # Compression invites CRIME; renegotiation, a client-driven CPU drain
-    # (and reads that would need to write). Both are off by default in
-    # OpenSSL 3; said here so that no older build turns them on.
+    # (and reads that would need to write): both off, whatever the defaults
+    # of the OpenSSL build.
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     if listener.ciphers:
         context.set_ciphers(listener.ciphers)  # TLS 1.2 suites; 1.3 keeps its own
