@@ -120,6 +120,7 @@ def run_worker(
         limits=config.limits(),
         timeouts=timeouts,
         header_timeout=config.http_header_timeout,
+        tls_handshake_timeout=config.tls_handshake_timeout,
         max_body=config.limit_post or None,
         access_log=not config.disable_logging,
         server_name=host,

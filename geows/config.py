@@ -303,7 +303,9 @@ class Config:
         for name in ("tls_handshake_timeout", "route_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
-        self.listeners()
+        for listener in self.listeners():
+            if listener.protocol == "https":
+                _check_tls(listener)
         self.routes()
 
     # -- sources -------------------------------------------------------------
@@ -333,6 +335,25 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
+
+
+def _check_tls(listener: Listener) -> None:
+    """Load an https listener's certificate, key, ciphers and CA now, so that
+    a bad one stops ``geows`` with its option instead of every worker.
+    """
+    import ssl
+
+    from geows.tls import server_context
+
+    try:
+        server_context(listener, ssl.SSLContext)  # stdlib: no gevent in a master
+    except (OSError, ValueError) as exc:
+        files = ", ".join(
+            path
+            for path in (listener.certfile, listener.keyfile, listener.cafile)
+            if path
+        )
+        raise ConfigError(f"--https {listener.spec} ({files}): {exc}") from None
 
 
 def _default(f: Any) -> Any:

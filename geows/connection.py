@@ -24,7 +24,7 @@ import socket
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from gevent import Timeout, get_hub
 from gevent.hub import Waiter
@@ -34,6 +34,9 @@ from geows.exceptions import ConnectionClosed, ConnectionClosedOK
 from geows.frames import OP_PING, OP_PONG, BytesLike, frame_header
 from geows.limits import Limits, Timeouts
 from geows.protocol import Close, Message, ServerProtocol, State
+
+if TYPE_CHECKING:
+    from geows.tls import TLSTransport
 
 __all__ = ["WebSocket"]
 
@@ -114,21 +117,30 @@ class WebSocket:
         hub: Optional[Hub] = None,
         initial: bytes = b"",
         on_finish: Optional[Callable[[WebSocket], None]] = None,
+        transport: Optional[TLSTransport] = None,
     ) -> None:
         self.environ = environ
         self.subprotocol = subprotocol
         self.limits = limits
         self.timeouts = timeouts
         self._sock = sock
-        # gevent sockets keep the raw non-blocking socket in ``_sock``; the
-        # watchers below do the waiting, so the raw one is what we call.
-        self._raw: socket.socket = getattr(sock, "_sock", sock)
         self._fd = sock.fileno()
         # A protocol error is enacted by _fail_now, so that an app waiting in
         # recv can answer the messages before the bad frame first.
         self._proto = ServerProtocol(limits, defer_failure=True)
         self._loop = loop = get_hub().loop
-        self._rwatch = loop.io(self._fd, 1)
+        self._raw: Union[socket.socket, TLSTransport]
+        if transport is None:
+            # gevent sockets keep the raw non-blocking socket in ``_sock``;
+            # the watchers below do the waiting, so the raw one is what we call.
+            self._raw = getattr(sock, "_sock", sock)
+            self._rwatch = loop.io(self._fd, 1)
+        else:
+            # TLS: the same calls through the SSL object (geows.tls), and a
+            # read watcher that also fires for bytes decrypted but unread.
+            # Chosen once here: the plain path pays nothing per read or write.
+            self._raw = transport
+            self._rwatch = transport.read_watcher(loop)
         self._scratch = _scratch_buffer(get_hub())
         self._wwatch: Any = None
         self._timer: Any = None

@@ -11,6 +11,7 @@ import _socket
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Optional, Union
@@ -20,6 +21,7 @@ from gevent import get_hub
 from gevent.event import Event
 from greenlet import GreenletExit, getcurrent, greenlet  # type: ignore[import-untyped]
 
+from geows import tls
 from geows.keepalive import Registry
 from geows.listeners import Listener, bind
 from geows.stream import Stream
@@ -44,16 +46,37 @@ class Door:
             listener = listener.with_address((listener.address[0], bound[1]))  # type: ignore[index]
             settings = replace(settings, server_port=str(bound[1]))
         self.bound = listener
+        #: The TLS listener's context: built once here, used by every connection.
+        self.context: Optional[ssl.SSLContext] = None
+        if listener.protocol == "https":
+            self.context = tls.server_context(listener)
+            settings = replace(
+                settings,
+                extra_environ={**settings.extra_environ, "HTTPS": "on"},
+                transport=tls.TLSTransport,
+            )
         self.settings = replace(settings, url_scheme=listener.scheme)
         self.inet = sock.family in (socket.AF_INET, socket.AF_INET6)
 
     def prepare(
         self, sock: socket.socket, addr: Any
     ) -> tuple[socket.socket, Any, bytes]:
-        """Whatever comes before the first request (PROXY header, TLS
-        handshake): the socket to talk on, the client address, bytes read.
+        """Whatever comes before the first request, in the order it arrives:
+        the socket to talk on, the client address, bytes read past it all.
+
+        Raises OSError when the connection is to be dropped.
         """
-        return sock, addr, b""
+        initial = b""
+        # 1. A PROXY protocol header (``listener.proxy_protocol``) comes
+        #    first, in clear, even on TLS listeners: it may replace ``addr``.
+        #    On a TLS listener nothing past the header may be consumed: those
+        #    bytes are the ClientHello, and TLS reads them from the socket.
+        # 2. The TLS handshake.
+        if self.context is not None:
+            if isinstance(sock, Stream):
+                sock = sock.detach_to_gevent()
+            sock = tls.accept(sock, self.context, self.settings.tls_handshake_timeout)
+        return sock, addr, initial
 
     def connection(self, sock: socket.socket, addr: Any) -> HTTPConnection:
         """The per-client loop for this listener's protocol."""

@@ -74,6 +74,13 @@ class Stream:
     def close(self) -> None:
         self._sock.close()
 
+    def detach_to_gevent(self) -> Any:
+        """A gevent socket that takes over this connection (TLS wraps one)."""
+        import gevent.socket
+
+        raw = self._sock
+        return gevent.socket.socket(raw.family, raw.type, 0, raw.detach())
+
     def _wait(self, events: int) -> None:
         """Sleep until the socket is readable (1) or writable (2)."""
         hub = get_hub()

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 from urllib.parse import unquote_to_bytes
 
 from gevent import get_hub
@@ -40,6 +40,9 @@ from geows.limits import Limits, Timeouts
 from geows.proxy import relay
 from geows.router import Route, find_route
 from geows.uwsgi_proto import UwsgiLimits
+
+if TYPE_CHECKING:
+    from geows.tls import TLSTransport
 
 __all__ = ["HTTPConnection", "Settings", "current_connection"]
 
@@ -86,6 +89,11 @@ class Settings:
     routes: tuple[Route, ...] = ()
     #: Seconds a routed backend has to accept, and to start its answer.
     route_timeout: float = 30.0
+    #: Seconds a client of a TLS listener has to complete the handshake.
+    tls_handshake_timeout: float = 10.0
+    #: Makes a WebSocket's transport from the connection's socket (TLS
+    #: listeners: :class:`geows.tls.TLSTransport`); None: the raw socket.
+    transport: Optional[Callable[[Any], TLSTransport]] = None
 
 
 class _Closed(Exception):
@@ -563,6 +571,7 @@ class HTTPConnection:
         initial = bytes(self.buf)
         self.buf.clear()
         self.sock.settimeout(None)
+        make_transport = settings.transport
         ws = WebSocket(
             self.sock,
             self.environ,
@@ -572,6 +581,7 @@ class HTTPConnection:
             registry=settings.registry,
             initial=initial,
             on_finish=self._websocket_finished if settings.access_log else None,
+            transport=None if make_transport is None else make_transport(self.sock),
         )
         self.websocket = ws
         # The environ keeps the headers; the parsed copy would only cost

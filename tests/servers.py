@@ -17,7 +17,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
 EXAMPLES = ROOT / "examples"
-_SERVING = re.compile(r"serving .* on http://(\[?[0-9a-f.:]+\]?):(\d+)/")
+_SERVING = re.compile(r"serving .* on (https?)://(\[?[0-9a-f.:]+\]?):(\d+)/")
 #: Any listener's line: http://HOST:PORT/, uwsgi://HOST:PORT/, uwsgi://unix:PATH
 _LISTENING = re.compile(r"geows serving .* on ([a-z]+://\S+)")
 
@@ -28,8 +28,11 @@ class ServerProcess:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
         self.lines: list[str] = []
+        #: The first HTTP or HTTPS listener's port and host (its scheme in
+        #: ``scheme``); every one announced is in ``urls``.
         self.port = 0
         self.host = "127.0.0.1"
+        self.scheme = "http"
         #: Every listener's URL as logged, in order (``uwsgi://127.0.0.1:PORT/``).
         self.urls: list[str] = []
         self._ready = threading.Event()
@@ -44,10 +47,13 @@ class ServerProcess:
             if listening:
                 self.urls.append(listening.group(1))
             match = _SERVING.search(line)
-            if match and not self._ready.is_set():
-                self.host = match.group(1).strip("[]")
-                self.port = int(match.group(2))
-                self._ready.set()
+            if match:
+                scheme, host, port = match.groups()
+                if not self._ready.is_set():
+                    self.scheme = scheme
+                    self.host = host.strip("[]")
+                    self.port = int(port)
+                    self._ready.set()
         self._ready.set()
 
     @property
@@ -69,6 +75,21 @@ class ServerProcess:
                     return url
             time.sleep(0.02)
         raise AssertionError(f"no listener {prefix}... in:\n{self.log}")
+
+    def port_of(self, scheme: str, timeout: float = 10.0) -> int:
+        """The port of the first listener announced with ``scheme`` (http or
+        https), waiting for its line: each listener has its own.
+        """
+        url = self.url(scheme + "://", timeout).rstrip("/")
+        return int(url.rsplit(":", 1)[1])
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.port_of('https')}"
+
+    @property
+    def wss_url(self) -> str:
+        return f"wss://127.0.0.1:{self.port_of('https')}"
 
     @property
     def log(self) -> str:
@@ -100,9 +121,12 @@ class ServerProcess:
 def start_server(
     app: str | Path, *args: str, env: Optional[dict[str, str]] = None
 ) -> ServerProcess:
-    """Start ``geows serve APP --http 127.0.0.1:0 ARGS`` and wait until it listens."""
+    """Start ``geows serve APP --http 127.0.0.1:0 ARGS`` and wait until it
+    listens (ARGS with a listener of their own, ``--http`` or ``--https``,
+    replace that one).
+    """
     cmd = [sys.executable, "-m", "geows", "serve", str(app)]
-    listen = ("--http", "--http-socket", "--ini")
+    listen = ("--http", "--http-socket", "--https", "--https-socket", "--ini")
     if not any(a in listen or a.split("=", 1)[0] in listen for a in args):
         cmd += ["--http", "127.0.0.1:0"]
     cmd += list(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import ssl
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -265,11 +266,15 @@ class RawWebSocket:
         headers: Optional[list[tuple[str, str]]] = None,
         timeout: float = 10.0,
         early: bytes = b"",
+        tls: Optional[ssl.SSLContext] = None,
     ) -> None:
         """Connect and upgrade; ``early`` bytes (frames) go out in the same
-        write as the upgrade request, before the 101 is seen.
+        write as the upgrade request, before the 101 is seen. With ``tls``,
+        over TLS (wss://) with that client context.
         """
         self.sock = open_socket(port, timeout)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self.reader = Reader(self.sock)
         request = request_bytes("GET", path, upgrade_headers() + list(headers or []))
         self.sock.sendall(request + early)
