@@ -3,9 +3,9 @@
 Plain HTTP and a websocket echo go through nginx ``proxy_pass`` and HAProxy
 ``mode http``; geows' keepalive pings hold an idle websocket open through
 both, where the same websocket without pings is closed by the front.
-Where today's geows cannot be the upstream yet (``--uwsgi-socket``,
-``--proxy-protocol``), a one-connection recorder stands in for it and
-shows what the front sends. The last tests keep docs/deploy/ and the
+A one-connection recorder also stands in for geows to show the bytes a
+front sends (uwsgi packets, PROXY headers); geows itself behind them is
+tested in test_uwsgi_socket.py and test_proxies.py. The last tests keep docs/deploy/ and the
 fixtures' configurations the same.
 """
 
