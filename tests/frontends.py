@@ -1,4 +1,6 @@
-"""Real front programs for tests: nginx and HAProxy on 127.0.0.1, TLS files.
+"""Real front programs for tests: nginx and HAProxy on 127.0.0.1.
+
+(TLS certificates for tests come from tests/certs.py.)
 
 Each front runs in the foreground from its own temporary directory (config,
 pid file, logs, nginx's temp paths), listens on a free 127.0.0.1 port and is
@@ -22,13 +24,11 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -39,20 +39,18 @@ import pytest
 from tests.redis_server import _free_port as free_port
 
 if TYPE_CHECKING:
-    import trustme
+    pass
 
 __all__ = [
     "HAPROXY_CONFIG",
     "NGINX_PROXY_DIRECTIVES",
     "NGINX_UWSGI_DIRECTIVES",
     "FrontProcess",
-    "TLSFiles",
     "free_port",
     "haproxy_http",
     "nginx_proxy",
     "nginx_uwsgi",
     "require_program",
-    "tls_ca",
 ]
 
 #: Where Debian and most distributions put system daemons: not always on a
@@ -368,86 +366,3 @@ def haproxy_http(
         # -db: foreground, no daemon; the config is checked as it loads.
         front.start([haproxy, "-db", "-f", str(front.config_path)], config)
         yield front
-
-
-# -- TLS ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """A test CA and certificates it issued, as PEM files in :attr:`dir`."""
-
-    #: The ``trustme.CA`` (``ca.issue_cert(...)`` for more certificates).
-    ca: trustme.CA
-    dir: Path
-    #: The CA certificate: what clients trust, and ``--https-ca`` for
-    #: client certificates.
-    ca_pem: Path
-    #: Server certificate chain (leaf first) for 127.0.0.1, ::1 and localhost.
-    cert_pem: Path
-    #: The server's private key.
-    key_pem: Path
-    #: A client certificate chain (common name ``geows test client``) and key.
-    client_cert_pem: Path
-    client_key_pem: Path
-
-    def https(self, address: str = "127.0.0.1:0") -> str:
-        """The ``--https`` value for ``address``: ``HOST:PORT,CERT,KEY``."""
-        return f"{address},{self.cert_pem},{self.key_pem}"
-
-    def client_context(self, client_cert: bool = False) -> ssl.SSLContext:
-        """A client context trusting the CA, presenting the client cert if asked."""
-        context = ssl.create_default_context(cafile=str(self.ca_pem))
-        if client_cert:
-            context.load_cert_chain(str(self.client_cert_pem), str(self.client_key_pem))
-        return context
-
-    def server_context(self, require_client_cert: bool = False) -> ssl.SSLContext:
-        """A server context with the server cert; client certs verified if asked."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(self.cert_pem), str(self.key_pem))
-        if require_client_cert:
-            context.load_verify_locations(cafile=str(self.ca_pem))
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
-
-
-def _import_trustme() -> object:
-    try:
-        import trustme
-    except ImportError:
-        message = "trustme is not installed (pip install -e '.[test]')"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return trustme
-
-
-@contextmanager
-def tls_ca() -> Iterator[TLSFiles]:
-    """A fresh CA, server and client certificates; files removed on exit."""
-    trustme_module = _import_trustme()
-    directory = Path(tempfile.mkdtemp(prefix="geows-tls-"))
-    try:
-        ca = trustme_module.CA()  # type: ignore[attr-defined]
-        server = ca.issue_cert("127.0.0.1", "::1", "localhost")
-        client = ca.issue_cert(common_name="geows test client")
-        files = TLSFiles(
-            ca=ca,
-            dir=directory,
-            ca_pem=directory / "ca.pem",
-            cert_pem=directory / "cert.pem",
-            key_pem=directory / "key.pem",
-            client_cert_pem=directory / "client-cert.pem",
-            client_key_pem=directory / "client-key.pem",
-        )
-        ca.cert_pem.write_to_path(str(files.ca_pem))
-        for i, blob in enumerate(server.cert_chain_pems):
-            blob.write_to_path(str(files.cert_pem), append=i > 0)
-        server.private_key_pem.write_to_path(str(files.key_pem))
-        for i, blob in enumerate(client.cert_chain_pems):
-            blob.write_to_path(str(files.client_cert_pem), append=i > 0)
-        client.private_key_pem.write_to_path(str(files.client_key_pem))
-        yield files
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)

@@ -5,8 +5,8 @@ Plain HTTP and a websocket echo go through nginx ``proxy_pass`` and HAProxy
 both, where the same websocket without pings is closed by the front.
 A one-connection recorder also stands in for geows to show the bytes a
 front sends (uwsgi packets, PROXY headers); geows itself behind them is
-tested in test_uwsgi_socket.py and test_proxies.py. The last tests keep docs/deploy/ and the
-fixtures' configurations the same.
+tested in test_uwsgi_socket.py and the proxy tests. The last tests keep
+docs/deploy/ and the fixtures' configurations the same.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from tests.frontends import (
     haproxy_http,
     nginx_proxy,
     nginx_uwsgi,
-    tls_ca,
 )
 from tests.servers import APPS, EXAMPLES, ROOT, ServerProcess, running
 
@@ -367,45 +366,6 @@ def test_nginx_uwsgi_sends_an_upgrade_as_one_packet_and_tunnels_after_101() -> N
     assert env["REMOTE_ADDR"] == "127.0.0.1"
     assert env["SERVER_PORT"] == str(front.port)
     assert env["CONTENT_LENGTH"] == ""  # sent empty, not left out
-
-
-# -- TLS files ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("hostname", ["127.0.0.1", "localhost"])
-def test_tls_ca_files_make_a_verified_handshake_with_a_client_certificate(
-    hostname: str,
-) -> None:
-    seen: dict[str, object] = {}
-    with tls_ca() as tls, socket.socket() as listener:
-        assert tls.https("127.0.0.1:8443") == (
-            f"127.0.0.1:8443,{tls.cert_pem},{tls.key_pem}"
-        )
-        server_context = tls.server_context(require_client_cert=True)
-        client_context = tls.client_context(client_cert=True)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listener.settimeout(10)
-
-        def serve() -> None:
-            conn, _ = listener.accept()
-            conn.settimeout(10)
-            with server_context.wrap_socket(conn, server_side=True) as tls_conn:
-                seen["peer"] = tls_conn.getpeercert()
-                tls_conn.sendall(tls_conn.recv(100))
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        port = listener.getsockname()[1]
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        # Verifies the chain to the CA and the name (IP address or DNS).
-        with client_context.wrap_socket(raw, server_hostname=hostname) as conn:
-            conn.sendall(b"hello")
-            assert conn.recv(100) == b"hello"
-        thread.join(10)
-    peer = seen["peer"]
-    assert isinstance(peer, dict)
-    assert (("commonName", "geows test client"),) in peer["subject"]
 
 
 # -- the docs show what the fixtures run --------------------------------------
