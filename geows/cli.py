@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import importlib.util
 import logging
@@ -111,6 +112,9 @@ def run_worker(
     hub.start()
     assert config.app is not None
     app = load_app(config.app, config.callable)
+    # What is loaded by now lives as long as the process: the cyclic GC
+    # need not walk it again at every full collection (gc.freeze).
+    gc.freeze()
     wanted = config.listeners()
     timeouts = config.timeouts()
     first = wanted[0].address

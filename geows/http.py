@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Literal, Optional, Union
 
@@ -60,17 +60,29 @@ class Request:
     headers: list[tuple[str, str]]
     body_kind: BodyKind = "none"
     content_length: Optional[int] = None
+    #: name -> joined value, built by the first :meth:`get` (the handshake
+    #: asks for six headers: one pass instead of six).
+    _index: Optional[dict[str, str]] = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """Value of header `name`; repeated fields are joined with ", ".
 
         Joining is how RFC 9110 5.3 says a recipient may combine field lines.
         """
-        name = name.lower()
-        values = [v for n, v in self.headers if n == name]
-        if not values:
-            return default
-        return ", ".join(values)
+        index = self._index
+        if index is None:
+            index = {}
+            for n, v in self.headers:
+                index[n] = f"{index[n]}, {v}" if n in index else v
+            self._index = index
+        return index.get(name.lower(), default)
+
+    def forget_headers(self) -> None:
+        """Drop the parsed headers (an upgraded connection keeps the environ)."""
+        self.headers.clear()
+        self._index = None
 
     def has_token(self, name: str, token: str) -> bool:
         """Whether comma-separated header `name` lists `token` (case-insensitive)."""

@@ -586,7 +586,7 @@ class HTTPConnection:
         self.websocket = ws
         # The environ keeps the headers; the parsed copy would only cost
         # every idle WebSocket a kilobyte.
-        request.headers.clear()
+        request.forget_headers()
         return ws
 
     def _websocket_finished(self, ws: WebSocket) -> None:

@@ -845,3 +845,16 @@ def test_error_response_encodes_a_custom_body_as_utf_8() -> None:
 def test_error_response_refuses_header_injection(name: str, value: str) -> None:
     with pytest.raises(ValueError, match="invalid header"):
         error_response(HTTPStatus.BAD_REQUEST, [(name, value)])
+
+
+def test_get_joins_repeated_fields_and_forget_headers_drops_them() -> None:
+    parsed = parse_head(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2\r\n\r\n", HTTPLimits()
+    )
+    assert parsed is not None
+    request = parsed[0]
+    assert request.get("X-A") == "1, 2"
+    assert request.get("missing", "d") == "d"
+    request.forget_headers()
+    assert request.get("x-a") is None
+    assert request.headers == []
