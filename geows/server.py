@@ -16,15 +16,17 @@ from functools import partial
 from typing import Any, Optional, Union
 
 import gevent
+from gevent import get_hub
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from geows import proxy_protocol
 from geows.keepalive import Registry
 from geows.listeners import Listener, bind
 from geows.uwsgi_conn import UwsgiConnection
 from geows.wsgi import HTTPConnection, Settings
 
-__all__ = ["Door", "Server"]
+__all__ = ["Door", "Server", "read_proxy_header"]
 
 log = logging.getLogger("geows.server")
 
@@ -51,6 +53,8 @@ class Door:
         """Whatever comes before the first request (PROXY header, TLS
         handshake): the socket to talk on, the client address, bytes read.
         """
+        if self.listener.proxy_protocol:
+            addr = read_proxy_header(sock, addr, timeout=self.settings.header_timeout)
         return sock, addr, b""
 
     def connection(self, sock: socket.socket, addr: Any) -> HTTPConnection:
@@ -58,6 +62,46 @@ class Door:
         if self.listener.protocol == "uwsgi":
             return UwsgiConnection(self.settings, sock, addr)
         return HTTPConnection(self.settings, sock, addr)
+
+
+def read_proxy_header(sock: Any, peer: Any, *, timeout: float) -> Any:
+    """Read the PROXY protocol header (v1 or v2) that starts ``sock``; the
+    client's address it names, or ``peer`` when it names none (LOCAL,
+    UNKNOWN, a Unix socket: a balancer's health check, say).
+
+    Reads exactly the header, with ``recv`` of the sizes
+    :func:`geows.proxy_protocol.needed` gives, so that whatever follows (a
+    TLS ClientHello, a request) stays in the socket for the next reader;
+    a v1 line costs a few small reads. Raises OSError when the header is
+    malformed, missing or incomplete after ``timeout`` seconds: the peer is
+    a balancer that speaks the protocol wrong, or not a balancer at all,
+    so there is no one to answer, only a connection to close.
+    """
+    buf = bytearray()
+    loop = get_hub().loop
+    deadline = loop.now() + timeout
+    try:
+        while True:
+            want = proxy_protocol.needed(buf)
+            if not want:
+                break
+            remaining = deadline - loop.now()
+            if remaining <= 0:
+                raise OSError(f"no complete PROXY header within {timeout:g}s")
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(want)
+            except socket.timeout:
+                continue
+            if not data:
+                raise OSError("closed before a complete PROXY header")
+            buf += data
+        parsed = proxy_protocol.parse(buf)
+    except proxy_protocol.ProxyProtocolError as exc:
+        raise OSError(f"bad PROXY header: {exc.reason}") from exc
+    assert parsed is not None  # needed() said it can decide
+    info = parsed[0]
+    return peer if info.source is None else info.source
 
 
 class Server:
@@ -114,6 +158,7 @@ class Server:
         if door.inet:
             # Small frames go out at once instead of waiting for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = addr
         if door.listener.protocol != "http" or door.listener.proxy_protocol:
             try:
                 sock, addr, initial = door.prepare(sock, addr)
@@ -124,6 +169,8 @@ class Server:
         else:
             initial = b""
         conn = door.connection(sock, addr)
+        if addr is not peer:
+            conn.peer = peer  # addr came from a PROXY header
         if initial:
             conn.buf += initial
         current = gevent.getcurrent()
