@@ -18,6 +18,7 @@ from geows.exceptions import (
     ProtocolError,
 )
 from geows.limits import Limits, Timeouts
+from geows.origins import OriginPolicy
 
 if TYPE_CHECKING:
     from geows.api import accept
@@ -33,6 +34,7 @@ __all__ = [
     "GeowsError",
     "InvalidHandshake",
     "Limits",
+    "OriginPolicy",
     "PayloadTooBig",
     "ProtocolError",
     "Timeouts",

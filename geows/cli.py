@@ -133,6 +133,10 @@ def run_worker(
         multiprocess=config.processes > 1,
         routes=config.routes(),
         route_timeout=config.route_timeout,
+        trusted_proxies=config.trusted(),
+        forwarded_header=config.forwarded_header,
+        origins=config.origin_policy(),
+        allow_missing_origin=config.websockets_allow_missing_origin,
     )
     server = Server(
         settings,

@@ -14,13 +14,18 @@ import logging
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Optional
 
+from geows.forwarded import TrustedProxies
 from geows.limits import Limits, Timeouts
 from geows.listeners import Listener, ListenerError
+from geows.origins import OriginPolicy
 from geows.router import Route, parse_route
 
 __all__ = ["Config", "ConfigError", "add_arguments"]
 
 log = logging.getLogger("geows.config")
+
+#: ``--forwarded-header`` values (``geows.forwarded.resolve``'s ``header``).
+FORWARDED_HEADERS = ("x-forwarded-for", "forwarded", "auto")
 
 
 class ConfigError(ValueError):
@@ -90,12 +95,26 @@ class Config:
         "or repeated; default: nobody)",
         metavar="CIDR",
     )
+    forwarded_header: str = opt(
+        "x-forwarded-for",
+        "which headers of a trusted proxy name the client: x-forwarded-for "
+        "(with X-Forwarded-Proto, what nginx and HAProxy set), forwarded "
+        "(RFC 7239) or auto (Forwarded when present); not auto by default, "
+        "since a proxy passes on untouched the header it does not set, and "
+        "a client's own Forwarded would then win",
+        metavar="HEADER",
+    )
     websockets_allowed_origins: list[str] = opt(
         [],
         "answer 403 to upgrades whose Origin is not one of these (exact, or "
         "patterns like https://*.example.com; comma-separated or repeated; "
         "default: any)",
         metavar="ORIGIN",
+    )
+    websockets_allow_missing_origin: bool = opt(
+        False,
+        "with --websockets-allowed-origins, also let upgrades without an "
+        "Origin header through (non-browser clients: browsers always send one)",
     )
     route: list[str] = opt(
         [],
@@ -270,6 +289,25 @@ class Config:
             raise ConfigError(str(exc)) from None
         return found
 
+    def trusted(self) -> Optional[TrustedProxies]:
+        """``--trusted-proxies``, parsed; None when nobody is trusted."""
+        try:
+            trusted = TrustedProxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"--trusted-proxies: {exc}") from None
+        return trusted if trusted else None
+
+    def origin_policy(self) -> Optional[OriginPolicy]:
+        """``--websockets-allowed-origins``, parsed; None when any is allowed."""
+        try:
+            policy = OriginPolicy(
+                self.websockets_allowed_origins,
+                allow_missing=self.websockets_allow_missing_origin,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"--websockets-allowed-origins: {exc}") from None
+        return policy if policy else None
+
     def routes(self) -> tuple[Route, ...]:
         """The ``--route`` options, parsed, in the order given."""
         found = []
@@ -303,10 +341,17 @@ class Config:
         for name in ("tls_handshake_timeout", "route_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+        if self.forwarded_header not in FORWARDED_HEADERS:
+            raise ConfigError(
+                f"--forwarded-header must be one of {', '.join(FORWARDED_HEADERS)}, "
+                f"not {self.forwarded_header!r}"
+            )
         for listener in self.listeners():
             if listener.protocol == "https":
                 _check_tls(listener)
         self.routes()
+        self.trusted()
+        self.origin_policy()
 
     # -- sources -------------------------------------------------------------
 

@@ -224,7 +224,7 @@ class _Relay:
                 return
         else:
             scheme = self.environ.get("wsgi.url_scheme", "http")
-            head = http_request_head(request, self._client(), scheme)
+            head = http_request_head(request, self._peer(), scheme)
         if not self._connect():
             return
         try:
@@ -266,6 +266,15 @@ class _Relay:
             pass
 
     def _client(self) -> str:
+        """The client for the log: the environ's (behind a trusted proxy,
+        the client it names).
+        """
+        return str(self.environ.get("REMOTE_ADDR") or self._peer())
+
+    def _peer(self) -> str:
+        """What ``X-Forwarded-For`` gets appended: the address we got the
+        request from (each proxy on the way adds its own peer).
+        """
         addr = self.conn.addr
         return str(addr[0]) if isinstance(addr, tuple) else "unix"
 

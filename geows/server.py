@@ -22,14 +22,14 @@ from gevent import get_hub
 from gevent.event import Event
 from greenlet import GreenletExit, getcurrent, greenlet  # type: ignore[import-untyped]
 
-from geows import tls
+from geows import proxy_protocol, tls
 from geows.keepalive import Registry
 from geows.listeners import Listener, bind
 from geows.stream import Stream
 from geows.uwsgi_conn import UwsgiConnection
 from geows.wsgi import HTTPConnection, Settings
 
-__all__ = ["Door", "Server"]
+__all__ = ["Door", "Server", "read_proxy_header"]
 
 log = logging.getLogger("geows.server")
 
@@ -77,6 +77,8 @@ class Door:
         #    first, in clear, even on TLS listeners: it may replace ``addr``.
         #    On a TLS listener nothing past the header may be consumed: those
         #    bytes are the ClientHello, and TLS reads them from the socket.
+        if self.listener.proxy_protocol:
+            addr = read_proxy_header(sock, addr, timeout=self.settings.header_timeout)
         # 2. The TLS handshake.
         if self.context is not None:
             if isinstance(sock, Stream):
@@ -89,6 +91,46 @@ class Door:
         if self.listener.protocol == "uwsgi":
             return UwsgiConnection(self.settings, sock, addr)
         return HTTPConnection(self.settings, sock, addr)
+
+
+def read_proxy_header(sock: Any, peer: Any, *, timeout: float) -> Any:
+    """Read the PROXY protocol header (v1 or v2) that starts ``sock``; the
+    client's address it names, or ``peer`` when it names none (LOCAL,
+    UNKNOWN, a Unix socket: a balancer's health check, say).
+
+    Reads exactly the header, with ``recv`` of the sizes
+    :func:`geows.proxy_protocol.needed` gives, so that whatever follows (a
+    TLS ClientHello, a request) stays in the socket for the next reader;
+    a v1 line costs a few small reads. Raises OSError when the header is
+    malformed, missing or incomplete after ``timeout`` seconds: the peer is
+    a balancer that speaks the protocol wrong, or not a balancer at all,
+    so there is no one to answer, only a connection to close.
+    """
+    buf = bytearray()
+    loop = get_hub().loop
+    deadline = loop.now() + timeout
+    try:
+        while True:
+            want = proxy_protocol.needed(buf)
+            if not want:
+                break
+            remaining = deadline - loop.now()
+            if remaining <= 0:
+                raise OSError(f"no complete PROXY header within {timeout:g}s")
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(want)
+            except socket.timeout:
+                continue
+            if not data:
+                raise OSError("closed before a complete PROXY header")
+            buf += data
+        parsed = proxy_protocol.parse(buf)
+    except proxy_protocol.ProxyProtocolError as exc:
+        raise OSError(f"bad PROXY header: {exc.reason}") from exc
+    assert parsed is not None  # needed() said it can decide
+    info = parsed[0]
+    return peer if info.source is None else info.source
 
 
 class Server:
@@ -201,6 +243,7 @@ class Server:
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock: Any = Stream(raw)
             initial = b""
+            peer = addr
             if door.listener.protocol != "http" or door.listener.proxy_protocol:
                 try:
                     sock, addr, initial = door.prepare(sock, addr)
@@ -209,6 +252,8 @@ class Server:
                     raw.close()
                     return
             conn = door.connection(sock, addr)
+            if addr is not peer:
+                conn.peer = peer  # addr came from a PROXY header
             if initial:
                 conn.buf += initial
             self.connections[current] = conn

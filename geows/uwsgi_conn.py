@@ -146,6 +146,15 @@ class UwsgiConnection(HTTPConnection):
         )
         return environ
 
+    def _real_client(self, environ: dict[str, Any], request: Request) -> None:
+        """Nothing to resolve: the vars name the client already.
+
+        The peer is the front server, and its ``REMOTE_ADDR`` is trusted by
+        construction, as uWSGI does; ``--trusted-proxies`` does not apply
+        (the client's own ``X-Forwarded-For`` arrives among the vars, as
+        ``HTTP_X_FORWARDED_FOR``, and is never believed).
+        """
+
     def _client(self) -> str:
         """The client as the front server saw it (``REMOTE_ADDR``), for the log."""
         packet = self.packet

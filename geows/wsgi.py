@@ -15,11 +15,11 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Union
 from urllib.parse import unquote_to_bytes
 
 from gevent import get_hub
@@ -27,6 +27,7 @@ from gevent import get_hub
 from geows import handshake
 from geows.connection import WebSocket
 from geows.exceptions import ConnectionClosed, InvalidHandshake
+from geows.forwarded import TrustedProxies, resolve
 from geows.http import (
     ChunkedDecoder,
     HTTPError,
@@ -37,6 +38,7 @@ from geows.http import (
 )
 from geows.keepalive import Registry
 from geows.limits import Limits, Timeouts
+from geows.origins import OriginPolicy
 from geows.proxy import relay
 from geows.router import Route, find_route
 from geows.uwsgi_proto import UwsgiLimits
@@ -94,6 +96,16 @@ class Settings:
     #: Makes a WebSocket's transport from the connection's socket (TLS
     #: listeners: :class:`geows.tls.TLSTransport`); None: the raw socket.
     transport: Optional[Callable[[Any], TLSTransport]] = None
+    #: ``--trusted-proxies``: the peers whose forwarding headers name the
+    #: client. None (nobody) costs nothing per request.
+    trusted_proxies: Optional[TrustedProxies] = None
+    #: ``--forwarded-header``: which family of those headers to read
+    #: (see :func:`geows.forwarded.resolve`).
+    forwarded_header: str = "x-forwarded-for"
+    #: ``--websockets-allowed-origins``: None lets any Origin upgrade.
+    origins: Optional[OriginPolicy] = None
+    #: ``--websockets-allow-missing-origin``: for per-call origin lists too.
+    allow_missing_origin: bool = False
 
 
 class _Closed(Exception):
@@ -129,6 +141,7 @@ class HTTPConnection:
         "buf",
         "environ",
         "idle",
+        "peer",
         "request",
         "settings",
         "sock",
@@ -158,6 +171,9 @@ class HTTPConnection:
         self.idle = False
         #: Set by a stopping server: finish this request, then close.
         self.stopping = False
+        #: The socket's own peer when ``addr`` came from a PROXY protocol
+        #: header (set by the server), else None.
+        self.peer: Any = None
 
     # -- the loop --------------------------------------------------------------
 
@@ -209,6 +225,7 @@ class HTTPConnection:
                 try:
                     parsed = self._parse_head(buf)
                 except HTTPError as exc:
+                    self.environ = {}  # the log names the peer, not the last client
                     self._refuse(exc.status)
                     return None
                 if parsed is not None:
@@ -220,6 +237,7 @@ class HTTPConnection:
             remaining = deadline - loop.now()
             if remaining <= 0:
                 if buf:
+                    self.environ = {}
                     self._refuse(HTTPStatus.REQUEST_TIMEOUT)
                 return None
             self.sock.settimeout(remaining)
@@ -254,14 +272,6 @@ class HTTPConnection:
 
     def _serve(self, request: Request) -> None:
         settings = self.settings
-        max_body = settings.max_body
-        if (
-            max_body is not None
-            and request.content_length is not None
-            and request.content_length > max_body
-        ):
-            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-            return
         self.request = request
         self._status = ""
         self._headers = []
@@ -273,6 +283,15 @@ class HTTPConnection:
         self._keep_alive = request.keep_alive
         inp = self._input = Input(self, request)
         environ = self.environ = self._environ(request, inp)
+        max_body = settings.max_body
+        if (
+            max_body is not None
+            and request.content_length is not None
+            and request.content_length > max_body
+        ):
+            # After the environ: the log names the client a proxy sent.
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            return
         if settings.routes:
             route = find_route(settings.routes, environ["PATH_INFO"])
             if route is not None:
@@ -480,9 +499,48 @@ class HTTPConnection:
                 "geows.connection": self,
             }
         )
+        if settings.trusted_proxies is not None or self.peer is not None:
+            self._real_client(environ, request)
         if settings.extra_environ:
             environ.update(settings.extra_environ)
         return environ
+
+    def _real_client(self, environ: dict[str, Any], request: Request) -> None:
+        """The client behind a PROXY header or a trusted proxy, in the environ.
+
+        ``geows.peer_addr`` keeps the address of the socket's own peer (the
+        balancer or the proxy) whenever ``REMOTE_ADDR`` is someone else's.
+        From a trusted peer that sent forwarding headers, ``REMOTE_ADDR``,
+        ``REMOTE_PORT`` (empty when the headers name no port) and
+        ``wsgi.url_scheme`` (with ``HTTPS=on`` for https) are the client's.
+        A PROXY header has replaced the peer already: trust is then judged
+        on the address it named.
+        """
+        peer = self.peer
+        if peer is not None:
+            environ["geows.peer_addr"] = peer[0] if isinstance(peer, tuple) else ""
+        settings = self.settings
+        trusted = settings.trusted_proxies
+        if trusted is None:
+            return
+        addr = self.addr
+        client = resolve(
+            (addr[0], addr[1]) if isinstance(addr, tuple) else (None, None),
+            environ["wsgi.url_scheme"],
+            request.headers,
+            trusted,
+            header=settings.forwarded_header,
+        )
+        if not client.via_proxy:
+            return
+        environ.setdefault("geows.peer_addr", environ["REMOTE_ADDR"])
+        environ["REMOTE_ADDR"] = client.addr or ""
+        environ["REMOTE_PORT"] = "" if client.port is None else str(client.port)
+        environ["wsgi.url_scheme"] = client.scheme
+        if client.scheme == "https":
+            environ["HTTPS"] = "on"
+        else:
+            environ.pop("HTTPS", None)
 
     def _cgi_environ(self, request: Request) -> dict[str, Any]:
         """The request's CGI variables (RFC 3875 4.1): from its head and the socket."""
@@ -523,6 +581,12 @@ class HTTPConnection:
         return environ
 
     def _client(self) -> str:
+        """Who the log names: the request's ``REMOTE_ADDR`` once its environ
+        is built (behind a trusted proxy, the client it names), else the peer.
+        """
+        environ = self.environ
+        if environ:
+            return environ.get("REMOTE_ADDR") or "-"
         addr = self.addr
         return addr[0] if isinstance(addr, tuple) else str(addr or "-")
 
@@ -534,13 +598,17 @@ class HTTPConnection:
         *,
         key: Optional[str] = None,
         choose: Optional[str] = None,
+        origins: Union[OriginPolicy, Sequence[str], None] = None,
     ) -> WebSocket:
         """Complete the WebSocket handshake for the current request.
 
         ``subprotocols``: the server's, in preference order; ``choose``: one
         subprotocol to answer with if the client offered it (uWSGI's
-        ``proto``). Raises :class:`~geows.InvalidHandshake` (nothing is
-        written) when the request is not a valid upgrade.
+        ``proto``). ``origins``: the allowed origins for this upgrade
+        instead of ``--websockets-allowed-origins`` (an empty list allows
+        any). Raises :class:`~geows.InvalidHandshake` (nothing is written)
+        when the request is not a valid upgrade, 403 when its ``Origin`` is
+        not allowed.
         """
         request = self.request
         if request is None:
@@ -555,6 +623,14 @@ class HTTPConnection:
             request.get,
             has_body=request.body_kind != "none",
         )
+        settings = self.settings
+        policy = settings.origins if origins is None else origins
+        if policy is not None:
+            if not isinstance(policy, OriginPolicy):
+                policy = OriginPolicy(
+                    policy, allow_missing=settings.allow_missing_origin
+                )
+            policy.check(request.get("origin"))
         if key:
             key = key.strip()
             if key != client_key:
@@ -567,7 +643,6 @@ class HTTPConnection:
         self.sock.sendall(handshake.response_bytes(key or client_key, subprotocol))
         self._headers_sent = True
         self._status = "101"
-        settings = self.settings
         initial = bytes(self.buf)
         self.buf.clear()
         self.sock.settimeout(None)

@@ -343,6 +343,7 @@ def haproxy_http(
     send_proxy: bool = False,
     send_proxy_v2: bool = False,
     tunnel_timeout: str = "1h",
+    check: Optional[str] = None,
 ) -> Iterator[FrontProcess]:
     """HAProxy in ``mode http`` to ``127.0.0.1:upstream_port``.
 
@@ -350,6 +351,10 @@ def haproxy_http(
     on the server line: each connection to geows then starts with a PROXY
     protocol header (v1 text or v2 binary) naming the client.
     ``tunnel_timeout`` is ``timeout tunnel``, the idle limit of a websocket.
+    ``check``: a path that HAProxy's health checks get (``option httpchk``,
+    ``check inter 200ms``), each result in its log (``option
+    log-health-checks``); with ``send_proxy_v2`` they start with a LOCAL
+    PROXY header.
     """
     if send_proxy and send_proxy_v2:
         raise ValueError("send_proxy or send_proxy_v2, not both")
@@ -357,12 +362,16 @@ def haproxy_http(
     with _front("haproxy") as front:
         options = " send-proxy" if send_proxy else ""
         options += " send-proxy-v2" if send_proxy_v2 else ""
+        options += " check inter 200ms" if check else ""
         config = HAPROXY_CONFIG.format(
             bind=f"127.0.0.1:{front.port}",
             upstream=f"127.0.0.1:{upstream_port}",
             server_options=options,
             tunnel_timeout=tunnel_timeout,
         )
+        if check:
+            # Still the backend section: the server line ends the template.
+            config += f"    option httpchk GET {check}\n    option log-health-checks\n"
         # -db: foreground, no daemon; the config is checked as it loads.
         front.start([haproxy, "-db", "-f", str(front.config_path)], config)
         yield front
