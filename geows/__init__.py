@@ -45,12 +45,20 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    """``accept`` and ``WebSocket`` load the gevent layer on first use (the
+    core stays importable without it); kept as globals from then on, so
+    ``geows.accept`` costs a dict lookup per handshake, not this call.
+    """
+    value: Any
     if name == "accept":
         from geows.api import accept
 
-        return accept
-    if name == "WebSocket":
+        value = accept
+    elif name == "WebSocket":
         from geows.connection import WebSocket
 
-        return WebSocket
-    raise AttributeError(f"module 'geows' has no attribute {name!r}")
+        value = WebSocket
+    else:
+        raise AttributeError(f"module 'geows' has no attribute {name!r}")
+    globals()[name] = value
+    return value

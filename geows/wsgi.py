@@ -564,6 +564,7 @@ class HTTPConnection:
             "REMOTE_ADDR": addr[0] if isinstance(addr, tuple) else "",
             "REMOTE_PORT": str(addr[1]) if isinstance(addr, tuple) else "",
         }
+        keys = _ENV_KEYS
         for name, value in request.headers:
             if name == "content-type":
                 environ["CONTENT_TYPE"] = value
@@ -571,9 +572,13 @@ class HTTPConnection:
             if name == "content-length":
                 environ["CONTENT_LENGTH"] = value
                 continue
-            if "_" in name:
-                continue  # ambiguous with "-" once mangled: never trust it
-            key = "HTTP_" + name.upper().replace("-", "_")
+            key = keys.get(name)
+            if key is None:
+                if "_" in name:
+                    continue  # ambiguous with "-" once mangled: never trust it
+                key = "HTTP_" + name.upper().replace("-", "_")
+                if len(keys) < _MAX_ENV_KEYS:
+                    keys[name] = key
             if key in environ:
                 environ[key] += "," + value
             else:
@@ -676,6 +681,11 @@ class HTTPConnection:
             get_hub().loop.now() - ws.opened_at,
         )
 
+
+#: Header name -> environ key (a pure function of the name, cached as
+#: requests come; bounded, since names are the client's choice).
+_ENV_KEYS: dict[str, str] = {}
+_MAX_ENV_KEYS = 512
 
 _UPGRADE = {
     "upgrade": "websocket",
