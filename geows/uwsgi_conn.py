@@ -29,8 +29,9 @@ from typing import Any, Optional
 from gevent import get_hub
 
 from geows.http import Request
+from geows.input import Input
 from geows.uwsgi_proto import UwsgiRequest, parse_packet
-from geows.wsgi import HTTPConnection, Input, Settings
+from geows.wsgi import HTTPConnection, Settings
 
 __all__ = ["UwsgiConnection", "url_scheme"]
 
