@@ -1,21 +1,17 @@
 """The chat example (examples/chat/) in a real browser: headless Chromium.
 
-Playwright drives the system's Chromium (``CHROMIUM``, else ``chromium`` on
-PATH, else /usr/bin/chromium); no browser is downloaded. Without Playwright
-or Chromium the tests are skipped, and fail when ``CI`` is set.
+Playwright drives the system's Chromium (see tests/browser.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.browser import chromium
 from tests.integration.support import assert_no_traceback, serve
 from tests.servers import EXAMPLES, ServerProcess
 
@@ -23,57 +19,13 @@ pytestmark = pytest.mark.timeout(60)
 
 SCREENSHOT = "/tmp/chat.png"
 WAIT_MS = 10_000
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _missing(what: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} (required when CI is set)")
-    pytest.skip(what)
-
-
-def chromium_path() -> str:
-    candidates = [os.environ.get("CHROMIUM"), shutil.which("chromium")]
-    candidates.append("/usr/bin/chromium")
-    for path in candidates:
-        if path and os.access(path, os.X_OK):
-            return path
-    _missing("no Chromium executable (set CHROMIUM, or install chromium)")
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """A persistent Chromium context with a fresh profile directory."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright package is not installed")
-    executable = chromium_path()
-    with (
-        tempfile.TemporaryDirectory(prefix="chat-") as profile,
-        sync_playwright() as pw,
-    ):
-        context = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=executable,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 800, "height": 600},
-        )
-        try:
-            yield context
-        finally:
-            context.close()
+    with chromium(viewport={"width": 800, "height": 600}) as context:
+        yield context
 
 
 @pytest.fixture(scope="module")

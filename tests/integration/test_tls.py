@@ -13,7 +13,6 @@ import os
 import re
 import socket
 import ssl
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -25,6 +24,7 @@ import pytest
 import websocket
 from websockets.asyncio.client import connect
 
+from tests.browser import chromium
 from tests.certs import Certs, make_certs
 from tests.integration.support import (
     OP_PING,
@@ -349,48 +349,22 @@ def echo_over_https(certs: Certs) -> Iterator[ServerProcess]:
 
 
 def test_chromium_echoes_over_wss(echo_over_https):
-    from tests.integration.test_chat_browser import (
-        CHROMIUM_ARGS,
-        _missing,
-        chromium_path,
-    )
-
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright package is not installed")
-    executable = chromium_path()
     # Chromium cannot be told to trust one CA without an NSS database: it
     # ignores certificate errors instead (the clients above verify).
-    args = [*CHROMIUM_ARGS, "--ignore-certificate-errors"]
-    with (
-        tempfile.TemporaryDirectory(prefix="tls-") as profile,
-        sync_playwright() as pw,
-    ):
-        browser = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=executable,
-            headless=True,
-            args=args,
-            ignore_https_errors=True,
+    with chromium("--ignore-certificate-errors", ignore_https_errors=True) as browser:
+        page = browser.new_page()
+        page.goto(echo_over_https.https_url + "/")
+        assert page.evaluate("location.protocol") == "https:"
+        log = page.locator("#log")
+        page.wait_for_function(
+            "document.getElementById('log').textContent.includes('open')",
+            timeout=10_000,
         )
-        try:
-            page = browser.new_page()
-            page.goto(echo_over_https.https_url + "/")
-            assert page.evaluate("location.protocol") == "https:"
-            log = page.locator("#log")
-            page.wait_for_function(
-                "document.getElementById('log').textContent.includes('open')",
-                timeout=10_000,
-            )
-            page.fill("#m", "hello over wss")
-            page.click("button")
-            page.wait_for_function(
-                "document.getElementById('log').textContent"
-                ".includes('< hello over wss')",
-                timeout=10_000,
-            )
-            assert "closed" not in log.inner_text()
-        finally:
-            browser.close()
+        page.fill("#m", "hello over wss")
+        page.click("button")
+        page.wait_for_function(
+            "document.getElementById('log').textContent.includes('< hello over wss')",
+            timeout=10_000,
+        )
+        assert "closed" not in log.inner_text()
     assert_no_traceback(echo_over_https)
