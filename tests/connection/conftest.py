@@ -149,6 +149,33 @@ class Peer:
         self.sock.close()
 
 
+class FarEnd:
+    """The far end of an HTTP-level connection under test: what a client or
+    a front server holds (its socket, the connection and its greenlet)."""
+
+    def __init__(self, sock: Any, conn: Any, job: gevent.Greenlet) -> None:
+        self.sock = sock
+        self.conn = conn
+        self.job = job
+        self.peer = Peer(sock)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_head(self, timeout: float = WAIT) -> bytes:
+        """The next response head (without its blank line); what follows
+        it (a body, frames) stays in ``peer.buf``."""
+        buf = self.peer.buf
+        with gevent.Timeout(timeout):
+            while b"\r\n\r\n" not in buf:
+                data = self.sock.recv(65536)
+                assert data, f"EOF after {bytes(buf)!r}"
+                buf += data
+        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+        buf[:] = rest
+        return head
+
+
 def frame(
     opcode: int,
     payload: Union[str, bytes] = b"",

@@ -31,7 +31,7 @@ from geows.server import Server, read_proxy_header
 from geows.uwsgi_conn import UwsgiConnection
 from geows.uwsgi_proto import encode_packet
 from geows.wsgi import HTTPConnection, Settings
-from tests.connection.conftest import QUIET, WAIT, Peer
+from tests.connection.conftest import QUIET, WAIT, FarEnd
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -41,17 +41,8 @@ CLIENT = ("203.0.113.50", 51000)
 KEY = base64.b64encode(b"0123456789abcdef").decode("ascii")
 
 
-class Client:
+class Client(FarEnd):
     """The far end of one connection: raw requests in, responses out."""
-
-    def __init__(self, sock: Any, conn: HTTPConnection, job: gevent.Greenlet):
-        self.sock = sock
-        self.conn = conn
-        self.job = job
-        self.peer = Peer(sock)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def get(self, target: str = "/", *headers: str, close: bool = False) -> None:
         lines = [f"GET {target} HTTP/1.1", "Host: example.com", *headers]
@@ -71,15 +62,7 @@ class Client:
 
     def head(self, timeout: float = WAIT) -> str:
         """The next response head's status line, its body left unread."""
-        buf = self.peer.buf
-        with gevent.Timeout(timeout):
-            while b"\r\n\r\n" not in buf:
-                data = self.sock.recv(65536)
-                assert data, f"EOF after {bytes(buf)!r}"
-                buf += data
-        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-        buf[:] = rest
-        self.last_head = head.decode("latin-1")
+        self.last_head = self.read_head(timeout).decode("latin-1")
         return self.last_head.split("\r\n", 1)[0]
 
     def json(self, timeout: float = WAIT) -> Any:

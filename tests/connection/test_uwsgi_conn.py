@@ -31,7 +31,7 @@ from geows.server import Server
 from geows.uwsgi_conn import UwsgiConnection, url_scheme
 from geows.uwsgi_proto import UwsgiLimits, encode_packet
 from geows.wsgi import Settings
-from tests.connection.conftest import QUIET, WAIT, Peer, frame
+from tests.connection.conftest import QUIET, WAIT, FarEnd, frame
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -73,17 +73,8 @@ def upgrade_vars(uri: str = "/ws", **extra: str) -> dict[str, str]:
     return nginx_vars("GET", uri, **{**headers, **extra})
 
 
-class Front:
+class Front(FarEnd):
     """The front server's end of the connection."""
-
-    def __init__(self, sock: Any, conn: UwsgiConnection, job: gevent.Greenlet):
-        self.sock = sock
-        self.conn = conn
-        self.job = job
-        self.peer = Peer(sock)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def request(self, vars: dict[str, str], body: bytes = b"") -> None:
         self.send(encode_packet(vars) + body)
@@ -115,17 +106,6 @@ class Front:
             name, _, value = line.partition(":")
             headers[name.lower()] = value.strip()
         return status, headers, body
-
-    def read_head(self, timeout: float = WAIT) -> bytes:
-        """The response head only (for an upgrade: frames follow)."""
-        with gevent.Timeout(timeout):
-            while b"\r\n\r\n" not in self.peer.buf:
-                data = self.sock.recv(65536)
-                assert data, f"EOF after {bytes(self.peer.buf)!r}"
-                self.peer.buf += data
-        head, _, rest = bytes(self.peer.buf).partition(b"\r\n\r\n")
-        self.peer.buf[:] = rest
-        return head
 
 
 @pytest.fixture
