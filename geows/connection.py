@@ -387,6 +387,11 @@ class WebSocket:
                 return
             if self._over_since is None:
                 self._over_since = self._loop.now()
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Flush queued frames at the end of this loop turn, in one sendmsg
+        (unless the writer already waits for the socket to take more)."""
         if not self._flush_scheduled and not (self._wwatch and self._wwatch.active):
             self._flush_scheduled = True
             self._loop.run_callback(self._flush)
@@ -417,9 +422,7 @@ class WebSocket:
         # Half-close and drain, as for failures: closing with unread input
         # would reset the connection and could destroy the 1008 in flight.
         self._queue_after_flush(self._shutdown_and_drain)
-        if not self._flush_scheduled and not (self._wwatch and self._wwatch.active):
-            self._flush_scheduled = True
-            self._loop.run_callback(self._flush)
+        self._schedule_flush()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close: send a close frame, wait for the peer's (up to
