@@ -8,7 +8,13 @@
  * 64-bit operations on an aligned slot of a buffer, for geows.sharedarea.
  * They are defined only where 64-bit atomics are always lock-free: a
  * libatomic fallback would use locks private to one process, which would
- * not exclude the other workers that map the same shared memory. */
+ * not exclude the other workers that map the same shared memory.
+ *
+ * cgi_headers: geows.wsgi's header-to-environ loop (same signature as the
+ * pure-Python fallback there): HTTP_* keys, CONTENT_TYPE, CONTENT_LENGTH.
+ *
+ * install_chunk_cache: keep a few freed 16 KiB interpreter stack chunks
+ * for reuse instead of returning them to the kernel (see below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -136,6 +142,197 @@ atomic_store64(PyObject *self, PyObject *args)
 }
 #endif
 
+/* The environ key of a header name not seen before: "HTTP_" + the name
+ * upper-cased with "-" as "_", as str methods would make it. */
+static PyObject *
+cgi_key(PyObject *name)
+{
+    if (!PyUnicode_IS_ASCII(name)) {
+        /* Not a token (the parsers allow only ASCII): str.upper() decides. */
+        PyObject *upper = PyObject_CallMethod(name, "upper", NULL);
+        if (upper == NULL)
+            return NULL;
+        PyObject *dashed = PyObject_CallMethod(upper, "replace", "ss", "-", "_");
+        Py_DECREF(upper);
+        if (dashed == NULL)
+            return NULL;
+        PyObject *key = PyUnicode_FromFormat("HTTP_%U", dashed);
+        Py_DECREF(dashed);
+        return key;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(name);
+    const char *src = (const char *)PyUnicode_DATA(name);
+    PyObject *key = PyUnicode_New(5 + n, 127);
+    if (key == NULL)
+        return NULL;
+    char *dst = (char *)PyUnicode_DATA(key);
+    memcpy(dst, "HTTP_", 5);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = src[i];
+        if (c >= 'a' && c <= 'z')
+            c -= 'a' - 'A';
+        else if (c == '-')
+            c = '_';
+        dst[5 + i] = c;
+    }
+    return key;
+}
+
+/* Store value under key, after ","-joining an earlier value there. */
+static int
+cgi_store(PyObject *environ, PyObject *key, PyObject *value)
+{
+    PyObject *old = PyDict_GetItemWithError(environ, key);
+    if (old == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        return PyDict_SetItem(environ, key, value);
+    }
+    PyObject *joined = PyUnicode_FromFormat("%U,%U", old, value);
+    if (joined == NULL)
+        return -1;
+    int rc = PyDict_SetItem(environ, key, joined);
+    Py_DECREF(joined);
+    return rc;
+}
+
+static PyObject *
+cgi_headers(PyObject *self, PyObject *args)
+{
+    PyObject *environ, *headers, *cache;
+    Py_ssize_t max_cache;
+    if (!PyArg_ParseTuple(args, "O!O!O!n:cgi_headers", &PyDict_Type, &environ,
+                          &PyList_Type, &headers, &PyDict_Type, &cache,
+                          &max_cache))
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(item, 0)) ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, "headers must be (str, str) pairs");
+            return NULL;
+        }
+        PyObject *name = PyTuple_GET_ITEM(item, 0);
+        PyObject *value = PyTuple_GET_ITEM(item, 1);
+        if (PyUnicode_CompareWithASCIIString(name, "content-type") == 0) {
+            if (PyDict_SetItemString(environ, "CONTENT_TYPE", value) < 0)
+                return NULL;
+            continue;
+        }
+        if (PyUnicode_CompareWithASCIIString(name, "content-length") == 0) {
+            if (PyDict_SetItemString(environ, "CONTENT_LENGTH", value) < 0)
+                return NULL;
+            continue;
+        }
+        PyObject *key = PyDict_GetItemWithError(cache, name);
+        if (key != NULL) {
+            if (cgi_store(environ, key, value) < 0)
+                return NULL;
+            continue;
+        }
+        if (PyErr_Occurred())
+            return NULL;
+        /* "_" would be ambiguous with "-" once mangled: never trusted. */
+        Py_ssize_t at = PyUnicode_FindChar(name, '_', 0,
+                                           PyUnicode_GET_LENGTH(name), 1);
+        if (at == -2)
+            return NULL;
+        if (at >= 0)
+            continue;
+        key = cgi_key(name);
+        if (key == NULL)
+            return NULL;
+        int rc = 0;
+        if (PyDict_GET_SIZE(cache) < max_cache)
+            rc = PyDict_SetItem(cache, name, key);
+        if (rc == 0)
+            rc = cgi_store(environ, key, value);
+        Py_DECREF(key);
+        if (rc < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Since Python 3.11 every greenlet that runs Python code gets its own
+ * 16 KiB "data stack" chunk for its frames, allocated with
+ * _PyObject_VirtualAlloc (the arena allocator: mmap) when it starts and
+ * unmapped when it ends. With one greenlet per connection that is an
+ * mmap, a page fault and a munmap per connection: measured at about 8 us
+ * of a 10 us greenlet start on the benchmark machine. The arena allocator
+ * is public API (PyObject_SetArenaAllocator): this one wraps the current
+ * allocator and keeps up to `limit` freed chunks of exactly that size to
+ * hand out again. Everything else (the 1 MiB obmalloc arenas, bigger
+ * chunks) goes to the wrapped allocator unchanged. Arena calls are made
+ * with the GIL held, so plain statics suffice; free-threaded builds, which
+ * have no GIL, are left alone. */
+#if PY_VERSION_HEX >= 0x030B0000 && !defined(Py_GIL_DISABLED)
+#define GEOWS_CHUNK_CACHE 1
+#define CHUNK_SIZE (16 * 1024)
+#define CHUNK_CACHE_MAX 1024
+
+static PyObjectArenaAllocator wrapped;
+static void *chunks[CHUNK_CACHE_MAX];
+static int chunk_count, chunk_limit, chunk_installed;
+static unsigned long long chunk_hits, chunk_misses;
+
+static void *
+chunk_alloc(void *ctx, size_t size)
+{
+    if (size == CHUNK_SIZE) {
+        if (chunk_count > 0) {
+            chunk_hits++;
+            return chunks[--chunk_count];
+        }
+        chunk_misses++;
+    }
+    return wrapped.alloc(wrapped.ctx, size);
+}
+
+static void
+chunk_free(void *ctx, void *ptr, size_t size)
+{
+    if (size == CHUNK_SIZE && chunk_count < chunk_limit) {
+        chunks[chunk_count++] = ptr;
+        return;
+    }
+    wrapped.free(wrapped.ctx, ptr, size);
+}
+
+static PyObject *
+install_chunk_cache(PyObject *self, PyObject *args)
+{
+    int limit;
+    if (!PyArg_ParseTuple(args, "i:install_chunk_cache", &limit))
+        return NULL;
+    if (limit < 0 || limit > CHUNK_CACHE_MAX) {
+        PyErr_Format(PyExc_ValueError, "limit must be 0 to %d",
+                     CHUNK_CACHE_MAX);
+        return NULL;
+    }
+    if (!chunk_installed) {
+        PyObjectArenaAllocator mine = {NULL, chunk_alloc, chunk_free};
+        PyObject_GetArenaAllocator(&wrapped);
+        PyObject_SetArenaAllocator(&mine);
+        chunk_installed = 1;
+    }
+    /* A lower limit releases what is now over it. */
+    while (chunk_count > limit)
+        wrapped.free(wrapped.ctx, chunks[--chunk_count], CHUNK_SIZE);
+    chunk_limit = limit;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+chunk_cache_stats(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:i,s:i,s:K,s:K}", "cached", chunk_count,
+                         "limit", chunk_limit, "hits", chunk_hits,
+                         "misses", chunk_misses);
+}
+#endif
+
 static PyMethodDef methods[] = {
     {"apply_mask", apply_mask, METH_VARARGS, "XOR data with a 4-byte mask."},
 #ifdef GEOWS_ATOMICS
@@ -149,6 +346,17 @@ static PyMethodDef methods[] = {
     {"atomic_store64", atomic_store64, METH_VARARGS,
      "atomic_store64(buffer, pos, value): atomically write the native-endian "
      "int64 at buffer[pos] (8-byte aligned)."},
+#endif
+    {"cgi_headers", cgi_headers, METH_VARARGS,
+     "cgi_headers(environ, headers, cache, max_cache): add a request's "
+     "headers to a WSGI environ as CGI variables (see geows.wsgi)."},
+#ifdef GEOWS_CHUNK_CACHE
+    {"install_chunk_cache", install_chunk_cache, METH_VARARGS,
+     "install_chunk_cache(limit) -> True: keep up to limit freed 16 KiB "
+     "interpreter stack chunks (one per finished greenlet) for reuse; "
+     "absent where it does not apply (before 3.11, free-threaded)."},
+    {"chunk_cache_stats", chunk_cache_stats, METH_NOARGS,
+     "chunk_cache_stats() -> dict: cached, limit, hits, misses."},
 #endif
     {NULL, NULL, 0, NULL},
 };
