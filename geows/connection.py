@@ -128,7 +128,8 @@ class WebSocket:
         # A protocol error is enacted by _fail_now, so that an app waiting in
         # recv can answer the messages before the bad frame first.
         self._proto = ServerProtocol(limits, defer_failure=True)
-        self._loop = loop = get_hub().loop
+        current_hub = get_hub()
+        self._loop = loop = current_hub.loop
         self._raw: Union[socket.socket, TLSTransport]
         if transport is None:
             # gevent sockets keep the raw non-blocking socket in ``_sock``;
@@ -141,7 +142,7 @@ class WebSocket:
             # Chosen once here: the plain path pays nothing per read or write.
             self._raw = transport
             self._rwatch = transport.read_watcher(loop)
-        self._scratch = _scratch_buffer(get_hub())
+        self._scratch = _scratch_buffer(current_hub)
         self._wwatch: Any = None
         self._timer: Any = None
         # Few messages wait at once (max_queued_messages): a list is smaller
@@ -788,13 +789,20 @@ def _scratch_buffer(hub: Any) -> memoryview:
     copies what it keeps, before anything can switch greenlets; one buffer
     per hub (so per thread) instead of 256 KiB per idle connection.
     """
+    global _last_scratch
+    last = _last_scratch
+    if last is not None and last[0]() is hub:
+        return last[1]  # one hub per process, in practice: no dict lookup
     scratch = _SCRATCH.get(hub)
     if scratch is None:
         scratch = _SCRATCH[hub] = memoryview(bytearray(_RECV_SIZE))
+    _last_scratch = (weakref.ref(hub), scratch)
     return scratch
 
 
 _SCRATCH: weakref.WeakKeyDictionary[Any, memoryview] = weakref.WeakKeyDictionary()
+#: The hub asked for last and its buffer (the hub by weak reference).
+_last_scratch: Optional[tuple[weakref.ref[Any], memoryview]] = None
 
 
 def _first(chunks: deque[memoryview], n: int) -> Iterator[memoryview]:
