@@ -128,8 +128,8 @@ class WebSocket:
         # A protocol error is enacted by _fail_now, so that an app waiting in
         # recv can answer the messages before the bad frame first.
         self._proto = ServerProtocol(limits, defer_failure=True)
-        current_hub = get_hub()
-        self._loop = loop = current_hub.loop
+        gevent_hub = get_hub()
+        self._loop = loop = gevent_hub.loop
         self._raw: Union[socket.socket, TLSTransport]
         if transport is None:
             # gevent sockets keep the raw non-blocking socket in ``_sock``;
@@ -142,7 +142,7 @@ class WebSocket:
             # Chosen once here: the plain path pays nothing per read or write.
             self._raw = transport
             self._rwatch = transport.read_watcher(loop)
-        self._scratch = _scratch_buffer(current_hub)
+        self._scratch = _scratch_buffer(gevent_hub)
         self._wwatch: Any = None
         self._timer: Any = None
         # Few messages wait at once (max_queued_messages): a list is smaller
