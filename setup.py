@@ -1,11 +1,11 @@
-"""Build hook: the optional C speedup. Metadata lives in setup.cfg."""
+"""Build hook: the optional C speedups. Metadata lives in setup.cfg."""
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
 class OptionalBuildExt(build_ext):
-    """Build geows._speedups when possible; fall back to pure Python if not."""
+    """Build the C extensions when possible; fall back to pure Python if not."""
 
     def run(self) -> None:
         try:
@@ -21,6 +21,10 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("geows._speedups", ["geows/_speedups.c"], optional=True)],
+    ext_modules=[
+        Extension("geows._speedups", ["geows/_speedups.c"], optional=True),
+        # The fast path of geows.http.parse_head for common request heads.
+        Extension("geows._httpfast", ["geows/_httpfast.c"], optional=True),
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -3,14 +3,17 @@
 Nothing here touches sockets, time or threads: callers hand in bytes and get
 back parsed requests, decoded body pieces or an :class:`HTTPError` carrying the
 status to answer with.  The head parser is on the WebSocket handshake hot
-path, so its common case is a few C-level passes over the whole head (find,
-count, translate, one regex findall) plus a short loop over the fields.
+path: the optional C extension ``geows._httpfast`` parses the common,
+plainly well-formed head and leaves everything else to the pure-Python
+parser, the one authority, whose own common case is a few C-level passes
+over the whole head (find, count, translate, one regex findall) plus a
+short loop over the fields.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Literal, Optional, Union
@@ -154,12 +157,48 @@ def _bad(reason: str) -> HTTPError:
 # --- request head ---------------------------------------------------------
 
 
+# The optional C fast path (geows/_httpfast.c): for a plainly well-formed
+# common head it returns (method, target, version, headers, index, consumed),
+# the fields _parse_head_py would produce plus the index Request.get builds;
+# for anything else None, and _parse_head_py, the single authority on what
+# is valid and how a refusal is answered, decides.
+_FastHead = tuple[str, str, str, list[tuple[str, str]], dict[str, str], int]
+_fast_parse_head: Optional[
+    Callable[[Union[bytes, bytearray], int, int, int, int], Optional[_FastHead]]
+]
+try:
+    from geows._httpfast import parse_head as _fast_parse_head
+except ImportError:  # pragma: no cover - depends on the build
+    _fast_parse_head = None
+
+
 def parse_head(
     buf: Union[bytes, bytearray], limits: HTTPLimits
 ) -> Optional[tuple[Request, int]]:
     """Parse a request head at the start of buf; None if incomplete; else
     (request, bytes consumed incl. the blank line). Raise HTTPError on bad input.
     """
+    fast = _fast_parse_head
+    if fast is not None:
+        parsed = fast(
+            buf,
+            limits.max_request_line,
+            limits.max_header_line,
+            limits.max_headers,
+            limits.max_head,
+        )
+        if parsed is not None:
+            method, target, version, headers, index, consumed = parsed
+            request = Request(method, target, version, headers)
+            request._index = index  # so the handshake's get()s need no pass
+            return request, consumed
+    return _parse_head_py(buf, limits)
+
+
+def _parse_head_py(
+    buf: Union[bytes, bytearray], limits: HTTPLimits
+) -> Optional[tuple[Request, int]]:
+    """parse_head in pure Python: the whole grammar, every limit and error."""
     start = 0
     if buf[:1] in (b"\r", b"\n"):
         skipped = _skip_empty_lines(buf)

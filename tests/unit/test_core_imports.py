@@ -18,6 +18,7 @@ CORE = [
     "geows.frames",
     "geows.protocol",
     "geows.handshake",
+    "geows.http",
     "geows.limits",
     "geows.exceptions",
     "geows.router",

@@ -7,6 +7,7 @@ from typing import Optional
 
 import pytest
 
+import geows.http
 from geows.http import (
     ChunkedDecoder,
     HTTPError,
@@ -18,6 +19,19 @@ from geows.http import (
 )
 
 LIMITS = HTTPLimits()
+
+
+@pytest.fixture(autouse=True, params=["c-fast-path", "pure-python"])
+def head_parser(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test runs twice: parse_head with the C fast path (geows._httpfast)
+    first, then with the pure-Python parser alone."""
+    if request.param == "pure-python":
+        monkeypatch.setattr(geows.http, "_fast_parse_head", None)
+    elif geows.http._fast_parse_head is None:
+        pytest.skip("the C fast path geows._httpfast is not built")
+
 
 WS_HEAD = (
     b"GET /chat?room=lobby HTTP/1.1\r\n"
