@@ -74,13 +74,19 @@ class Request:
 
         Joining is how RFC 9110 5.3 says a recipient may combine field lines.
         """
+        return self.header_index().get(name.lower(), default)
+
+    def header_index(self) -> dict[str, str]:
+        """Lower-case name -> value as :meth:`get` gives it, built once: a
+        caller with names already in lower case looks up with its ``get``.
+        """
         index = self._index
         if index is None:
             index = {}
             for n, v in self.headers:
                 index[n] = f"{index[n]}, {v}" if n in index else v
             self._index = index
-        return index.get(name.lower(), default)
+        return index
 
     def forget_headers(self) -> None:
         """Drop the parsed headers (an upgraded connection keeps the environ)."""
@@ -89,13 +95,13 @@ class Request:
 
     def has_token(self, name: str, token: str) -> bool:
         """Whether comma-separated header `name` lists `token` (case-insensitive)."""
-        name = name.lower()
+        value = self.header_index().get(name.lower())
+        if value is None:
+            return False
         token = token.lower()
-        for n, v in self.headers:
-            if n == name:
-                for element in v.split(","):
-                    if element.strip(" \t").lower() == token:
-                        return True
+        for element in value.split(","):  # repeated fields: joined with ", "
+            if element.strip(" \t").lower() == token:
+                return True
         return False
 
     @property

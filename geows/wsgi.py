@@ -599,10 +599,11 @@ class HTTPConnection:
             raise RuntimeError("the connection is already a WebSocket")
         if self._headers_sent:
             raise RuntimeError("a response was already started")
+        get = request.header_index().get  # the names below are lower case
         client_key = handshake.check_request(
             request.method,
             request.version,
-            request.get,
+            get,
             has_body=request.body_kind != "none",
         )
         settings = self.settings
@@ -612,14 +613,14 @@ class HTTPConnection:
                 policy = OriginPolicy(
                     policy, allow_missing=settings.allow_missing_origin
                 )
-            policy.check(request.get("origin"))
+            policy.check(get("origin"))
         if key:
             key = key.strip()
             if key != client_key:
                 handshake.check_request(
                     "GET", "HTTP/1.1", {"sec-websocket-key": key, **_UPGRADE}.get
                 )
-        offered = handshake.offered_subprotocols(request.get("sec-websocket-protocol"))
+        offered = handshake.offered_subprotocols(get("sec-websocket-protocol"))
         wanted = [choose] if choose else subprotocols
         subprotocol = handshake.select_subprotocol(offered, wanted)
         self.sock.sendall(handshake.response_bytes(key or client_key, subprotocol))
