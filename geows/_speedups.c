@@ -10,6 +10,11 @@
  * libatomic fallback would use locks private to one process, which would
  * not exclude the other workers that map the same shared memory.
  *
+ * parse_data_frames: the common case of geows.protocol's frame loop, whole
+ * masked single-frame text and binary messages, unmasked and decoded.
+ *
+ * server_frame: a whole unmasked frame, header and payload in one object.
+ *
  * cgi_headers: geows.wsgi's header-to-environ loop (same signature as the
  * pure-Python fallback there): HTTP_* keys, CONTENT_TYPE, CONTENT_LENGTH.
  *
@@ -141,6 +146,160 @@ atomic_store64(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 #endif
+
+/* Messages from buf[pos:], as long as each next frame is a whole, masked,
+ * unfragmented text or binary frame (FIN set, RSV clear) of at most
+ * max_size bytes (-1: no limit) whose text, if text, is valid UTF-8.
+ * Returns ([message_cls(payload, text or None), ...], pos after them).
+ * It stops, without error, at the first frame that is anything else --
+ * a control frame, a fragment, a partial or oversized frame, a bad frame,
+ * invalid UTF-8 -- and geows.protocol's Python loop takes it from there,
+ * raising whatever error that frame deserves. */
+static PyObject *
+parse_data_frames(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, max_size;
+    PyObject *message_cls;
+    if (!PyArg_ParseTuple(args, "y*nnO:parse_data_frames", &view, &pos,
+                          &max_size, &message_cls))
+        return NULL;
+    PyObject *messages = PyList_New(0);
+    if (messages == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const unsigned char *buf = view.buf;
+    Py_ssize_t n = view.len;
+    if (pos < 0)
+        pos = n; /* nothing to do: the caller passes 0 or more */
+    while (n - pos >= 2) {
+        unsigned char b0 = buf[pos], b1 = buf[pos + 1];
+        if ((b0 != 0x81 && b0 != 0x82) || !(b1 & 0x80))
+            break;
+        uint64_t length = b1 & 0x7F;
+        Py_ssize_t hlen = 2;
+        if (length == 126) {
+            if (n - pos < 4)
+                break;
+            length = ((uint64_t)buf[pos + 2] << 8) | buf[pos + 3];
+            hlen = 4;
+        } else if (length == 127) {
+            if (n - pos < 10)
+                break;
+            length = 0;
+            for (int i = 2; i < 10; i++)
+                length = (length << 8) | buf[pos + i];
+            hlen = 10;
+        }
+        hlen += 4; /* the masking key */
+        if (n - pos < hlen || (uint64_t)(n - pos - hlen) < length)
+            break; /* not all here yet (or a length no buffer holds) */
+        if (max_size >= 0 && length > (uint64_t)max_size)
+            break;
+        const unsigned char *mask = buf + pos + hlen - 4;
+        const unsigned char *in = buf + pos + hlen;
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+        if (payload == NULL)
+            goto error;
+        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(payload);
+        for (Py_ssize_t i = 0; i < (Py_ssize_t)length; i++)
+            out[i] = in[i] ^ mask[i & 3];
+        PyObject *text = Py_None;
+        Py_INCREF(text);
+        if (b0 == 0x81) {
+            Py_DECREF(text);
+            text = PyUnicode_DecodeUTF8((const char *)out, (Py_ssize_t)length,
+                                        "strict");
+            if (text == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    Py_DECREF(payload);
+                    goto error;
+                }
+                PyErr_Clear(); /* Python fails the connection with 1007 */
+                Py_DECREF(payload);
+                break;
+            }
+        }
+        PyObject *message =
+            PyObject_CallFunctionObjArgs(message_cls, payload, text, NULL);
+        Py_DECREF(payload);
+        Py_DECREF(text);
+        if (message == NULL)
+            goto error;
+        int rc = PyList_Append(messages, message);
+        Py_DECREF(message);
+        if (rc < 0)
+            goto error;
+        pos += hlen + (Py_ssize_t)length;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("Nn", messages, pos);
+error:
+    PyBuffer_Release(&view);
+    Py_DECREF(messages);
+    return NULL;
+}
+
+/* server_frame(opcode, data) -> bytes: one final, unmasked frame (server to
+ * client), as geows.frames.frame_header(opcode, len) + payload, built in one
+ * allocation. A str is sent as UTF-8, and only in a text frame: any other
+ * opcode takes a bytes-like object, as the concatenation would. */
+static PyObject *
+server_frame(PyObject *self, PyObject *args)
+{
+    int opcode;
+    PyObject *data, *encoded = NULL;
+    if (!PyArg_ParseTuple(args, "iO:server_frame", &opcode, &data))
+        return NULL;
+    if (opcode < 0 || opcode > 15) {
+        PyErr_SetString(PyExc_ValueError, "opcode must be 0 to 15");
+        return NULL;
+    }
+    Py_buffer view;
+    if (opcode == 1 && PyUnicode_Check(data)) {
+        /* ASCII text is its own UTF-8; other text is encoded (not cached
+         * in the str, which may outlive the frame). */
+        if (PyUnicode_IS_ASCII(data)) {
+            encoded = data;
+            Py_INCREF(encoded);
+            view.buf = PyUnicode_DATA(data);
+            view.len = PyUnicode_GET_LENGTH(data);
+        } else {
+            encoded = PyUnicode_AsUTF8String(data);
+            if (encoded == NULL)
+                return NULL;
+            view.buf = PyBytes_AS_STRING(encoded);
+            view.len = PyBytes_GET_SIZE(encoded);
+        }
+    } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = view.len, hlen = n < 126 ? 2 : n < 0x10000 ? 4 : 10;
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, hlen + n);
+    if (frame != NULL) {
+        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(frame);
+        out[0] = (unsigned char)(0x80 | opcode);
+        if (hlen == 2) {
+            out[1] = (unsigned char)n;
+        } else if (hlen == 4) {
+            out[1] = 126;
+            out[2] = (unsigned char)(n >> 8);
+            out[3] = (unsigned char)n;
+        } else {
+            out[1] = 127;
+            uint64_t len = (uint64_t)n;
+            for (int i = 9; i >= 2; i--, len >>= 8)
+                out[i] = (unsigned char)len;
+        }
+        memcpy(out + hlen, view.buf, (size_t)n);
+    }
+    if (encoded != NULL)
+        Py_DECREF(encoded);
+    else
+        PyBuffer_Release(&view);
+    return frame;
+}
 
 /* The environ key of a header name not seen before: "HTTP_" + the name
  * upper-cased with "-" as "_", as str methods would make it. */
@@ -347,6 +506,13 @@ static PyMethodDef methods[] = {
      "atomic_store64(buffer, pos, value): atomically write the native-endian "
      "int64 at buffer[pos] (8-byte aligned)."},
 #endif
+    {"parse_data_frames", parse_data_frames, METH_VARARGS,
+     "parse_data_frames(buf, pos, max_size, message_cls) -> (messages, pos): "
+     "whole masked single-frame text and binary messages from buf[pos:], up "
+     "to the first frame that is anything else (see geows.protocol)."},
+    {"server_frame", server_frame, METH_VARARGS,
+     "server_frame(opcode, data) -> bytes: a final unmasked frame, header "
+     "and payload (str as UTF-8, text frames only)."},
     {"cgi_headers", cgi_headers, METH_VARARGS,
      "cgi_headers(environ, headers, cache, max_cache): add a request's "
      "headers to a WSGI environ as CGI variables (see geows.wsgi)."},

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import codecs
 from enum import IntEnum
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from geows.exceptions import (
     ConnectionClosed,
@@ -117,6 +117,34 @@ Event = Union[Message, Ping, Pong, Close]
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
+# The C speedup of the frame loop's common case: whole, masked, unfragmented
+# text and binary frames (geows/_speedups.c); None without a compiler.
+_parse_data_frames: Optional[
+    Callable[[BytesLike, int, int, type[Message]], tuple[list[Event], int]]
+]
+try:
+    from geows._speedups import (  # type: ignore[attr-defined,import-not-found,no-redef,unused-ignore]
+        parse_data_frames as _parse_data_frames,
+    )
+except ImportError:  # pragma: no cover - depends on the build
+    _parse_data_frames = None
+
+
+def _server_frame_py(opcode: int, data: Union[str, BytesLike]) -> bytes:
+    """One final unmasked frame; str is sent as UTF-8 (text frames only)."""
+    if opcode == OP_TEXT and isinstance(data, str):
+        data = data.encode("utf-8")
+    return frame_header(opcode, len(data)) + data  # type: ignore[arg-type,operator]
+
+
+_server_frame: Callable[[int, Union[str, BytesLike]], bytes] = _server_frame_py
+try:  # the same in one allocation (geows/_speedups.c)
+    from geows._speedups import (  # type: ignore[attr-defined,import-not-found,no-redef,unused-ignore]
+        server_frame as _server_frame,
+    )
+except ImportError:  # pragma: no cover - depends on the build
+    pass
+
 
 def _pending_is_invalid(decoder: codecs.IncrementalDecoder) -> bool:
     """Whether the bytes an incremental decoder holds can never become valid.
@@ -148,6 +176,7 @@ class ServerProtocol:
         #: Whether a protocol error waits for :meth:`fail_connection`.
         self.defer_failure = defer_failure
         self._max_size = limits.max_message_size
+        self._fast_max = -1 if self._max_size is None else self._max_size
         self.state = State.OPEN
         self._buf = bytearray()
         #: Frames the protocol queued itself (pongs, close replies); the I/O
@@ -187,9 +216,20 @@ class ServerProtocol:
             # Nothing held over: parse the caller's buffer in place and copy
             # only an incomplete tail (the common case copies nothing).
             buf = data
-        events: list[Event] = []
-        pos = 0
         end = len(buf)
+        if _parse_data_frames is not None and not (
+            self._frame_left or self._frag_opcode
+        ):
+            # Whole single-frame messages in C; the loop below takes over at
+            # the first frame that is anything else, errors included.
+            events, pos = _parse_data_frames(buf, 0, self._fast_max, Message)
+            if pos == end:
+                if buf is self._buf:
+                    buf.clear()
+                return events
+        else:
+            events = []
+            pos = 0
         try:
             while True:
                 if self._frame_left:
@@ -418,15 +458,15 @@ class ServerProtocol:
 
     def send_text(self, data: Union[str, BytesLike]) -> bytes:
         """Frame a text message; ``data`` is str or UTF-8 bytes."""
-        self._check_open()
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        return frame_header(OP_TEXT, len(data)) + data
+        if self.state is not State.OPEN:
+            raise self.closed_exception()
+        return _server_frame(OP_TEXT, data)
 
     def send_binary(self, data: BytesLike) -> bytes:
         """Frame a binary message."""
-        self._check_open()
-        return frame_header(OP_BINARY, len(data)) + data
+        if self.state is not State.OPEN:
+            raise self.closed_exception()
+        return _server_frame(OP_BINARY, data)
 
     def send_ping(self, data: bytes = b"") -> bytes:
         """Frame a ping (at most 125 bytes)."""
