@@ -20,10 +20,18 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from geows.http import HTTPError, HTTPLimits, Request, _parse_head_py, parse_head
+from tests.http_heads import (
+    VCHAR,
+    FastHead,
+    field_values,
+    origin_targets,
+    ows,
+    tokens,
+)
+from tests.http_heads import fast as fast_head
 
 httpfast = pytest.importorskip("geows._httpfast")
 
-FastHead = tuple[str, str, str, list[tuple[str, str]], dict[str, str], int]
 
 LIMITS = HTTPLimits()
 # Tiny limits so that random input reaches the limit checks too.
@@ -32,9 +40,6 @@ SMALL_LIMITS = HTTPLimits(
 )
 MAX_FAST_FIELDS = 64  # MAX_FIELDS in geows/_httpfast.c
 
-TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-VCHAR = "".join(map(chr, range(0x21, 0x7F)))
-OBS_TEXT = "".join(map(chr, range(0x80, 0x100)))
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT"]
 # Names the C side looks up in its table of known names, plus near misses
 # (Host is added on its own, so that most heads have exactly one).
@@ -64,14 +69,7 @@ MUTANT_BYTES = [
 
 
 def fast(data: Union[bytes, bytearray], limits: HTTPLimits) -> Optional[FastHead]:
-    result: Optional[FastHead] = httpfast.parse_head(
-        data,
-        limits.max_request_line,
-        limits.max_header_line,
-        limits.max_headers,
-        limits.max_head,
-    )
-    return result
+    return fast_head(httpfast, data, limits)
 
 
 ParseHead = Callable[[bytearray, HTTPLimits], Optional[tuple[Request, int]]]
@@ -147,20 +145,9 @@ def test_on_arbitrary_bytes_c_agrees_or_leaves_it_to_python(
 
 # --- (b) well-formed heads -------------------------------------------------------
 
-tokens = st.text(TCHAR, min_size=1, max_size=12)
-ows = st.text(" \t", max_size=3)
-field_values = st.one_of(
-    st.just(""),
-    st.builds(
-        lambda first, middle, last: first + middle + last if middle else first,
-        st.text(VCHAR + OBS_TEXT, min_size=1, max_size=1),
-        st.text(VCHAR + OBS_TEXT + " \t", max_size=30),
-        st.text(VCHAR + OBS_TEXT, min_size=1, max_size=1),
-    ),
-)
 targets = st.one_of(
     st.just("*"),
-    st.text(VCHAR + OBS_TEXT, min_size=1, max_size=40).map(lambda t: "/" + t),
+    origin_targets,
     st.text(VCHAR, min_size=1, max_size=20).map(lambda t: "http://h" + t),
 )
 CASES: list[Callable[[str], str]] = [

@@ -8,6 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geows.http import ChunkedDecoder, HTTPError, HTTPLimits, Request, parse_head
+from tests.http_heads import (
+    field_values,
+    origin_targets,
+    ows,
+    tokens,
+)
 
 LIMITS = HTTPLimits()
 # Tiny limits so that random input reaches the limit checks too.
@@ -16,9 +22,6 @@ SMALL_LIMITS = HTTPLimits(
     max_chunk_line=12,
 )  # fmt: skip
 
-TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-VCHAR = "".join(map(chr, range(0x21, 0x7F)))
-OBS_TEXT = "".join(map(chr, range(0x80, 0x100)))
 FRAMING = {"host", "content-length", "transfer-encoding"}
 
 # Fragments that make random heads likely to reach the deeper parsing paths.
@@ -99,21 +102,7 @@ def test_arbitrary_chunked_bytes_give_pieces_or_http_error(
 
 # --- (2) valid requests round-trip ------------------------------------------
 
-tokens = st.text(TCHAR, min_size=1, max_size=12)
-ows = st.text(" \t", max_size=3)
-field_values = st.one_of(
-    st.just(""),
-    st.builds(
-        lambda first, middle, last: first + middle + last if middle else first,
-        st.text(VCHAR + OBS_TEXT, min_size=1, max_size=1),
-        st.text(VCHAR + OBS_TEXT + " \t", max_size=30),
-        st.text(VCHAR + OBS_TEXT, min_size=1, max_size=1),
-    ),
-)
-targets = st.one_of(
-    st.just("*"),
-    st.text(VCHAR + OBS_TEXT, min_size=1, max_size=40).map(lambda t: "/" + t),
-)
+targets = st.one_of(st.just("*"), origin_targets)
 
 
 @st.composite

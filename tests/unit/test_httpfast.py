@@ -13,11 +13,12 @@ from typing import Optional, Union
 import pytest
 
 from geows.http import HTTPLimits, parse_head
+from tests.http_heads import FastHead
+from tests.http_heads import fast as fast_head
 
 httpfast = pytest.importorskip("geows._httpfast")
 
 LIMITS = HTTPLimits()
-FastHead = tuple[str, str, str, list[tuple[str, str]], dict[str, str], int]
 
 WS_UPGRADE_HEAD = (
     b"GET /chat HTTP/1.1\r\n"
@@ -34,14 +35,7 @@ WS_UPGRADE_HEAD = (
 def fast(
     data: Union[bytes, bytearray], limits: HTTPLimits = LIMITS
 ) -> Optional[FastHead]:
-    result: Optional[FastHead] = httpfast.parse_head(
-        data,
-        limits.max_request_line,
-        limits.max_header_line,
-        limits.max_headers,
-        limits.max_head,
-    )
-    return result
+    return fast_head(httpfast, data, limits)
 
 
 def head(*lines: str, request_line: str = "GET / HTTP/1.1") -> bytes:
