@@ -86,12 +86,14 @@ def run_worker(
     *,
     hub_address: Optional[str] = None,
     on_ready: Optional[Callable[[], None]] = None,
+    worker_id: int = 1,
 ) -> int:
     """Run one server process until SIGTERM/SIGINT; the exit status.
 
     ``listeners``: sockets a master bound (else bind the config's here);
     ``hub_address``: the master's channel hub, for workers; ``on_ready`` is
-    called once the server accepts.
+    called once the server accepts; ``worker_id``: this worker's number,
+    1 to ``--processes`` (``uwsgi.worker_id()``).
     """
     # Patch before anything the app imports can bind blocking primitives.
     if config.monkey_patch:
@@ -107,6 +109,8 @@ def run_worker(
 
     sys.modules.setdefault("uwsgi", uwsgi_compat)
     uwsgi_compat.opt.update(config.uwsgi_opt())
+    uwsgi_compat.numproc = config.processes
+    uwsgi_compat._worker_id = worker_id
     hub = channels.make_hub(config.channels, hub_address=hub_address)
     channels.set_hub(hub)
     hub.start()

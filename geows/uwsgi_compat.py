@@ -41,16 +41,25 @@ __all__ = [
     "websocket_send_binary",
     "websocket_send_binary_from_sharedarea",
     "websocket_send_from_sharedarea",
+    "worker_id",
 ]
 
 #: What ``uwsgi.version`` reports: uWSGI's API level we follow, and us.
 version = b"2.0.28-geows"
+#: Worker processes serving the app (``--processes``), as uWSGI's numproc.
 numproc = 1
+#: This process's worker number, 1 to numproc (set by ``geows serve``).
+_worker_id = 1
 #: uWSGI exposes its options here; ``geows serve`` fills it.
 opt: dict[str, Any] = {}
 SPOOL_OK = -2
 
 Context = HTTPConnection
+
+
+def worker_id() -> int:
+    """This worker's number, 1 to ``numproc``, as uWSGI numbers them."""
+    return _worker_id
 
 
 def _connection(request_context: Optional[Context] = None) -> HTTPConnection:

@@ -343,7 +343,7 @@ class Master:
             self.respawn_at[slot] = time.monotonic() + delay
             return None
         if pid == 0:
-            self._worker_main(ready_r, ready_w, mask)
+            self._worker_main(ready_r, ready_w, mask, slot)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(ready_w)
         worker = Worker(pid, slot, self.generation, ready_r, time.monotonic())
@@ -354,7 +354,9 @@ class Master:
         )
         return worker
 
-    def _worker_main(self, ready_r: int, ready_w: int, mask: Any) -> NoReturn:
+    def _worker_main(
+        self, ready_r: int, ready_w: int, mask: Any, slot: int
+    ) -> NoReturn:
         """The forked worker: serve with the app loaded here, then exit."""
         status = 1
         try:
@@ -379,6 +381,7 @@ class Master:
                 listeners,
                 hub_address=self.hub_address,
                 on_ready=_ReadyNotice(ready_w, self.pid),
+                worker_id=slot + 1,
             )
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1

@@ -1,10 +1,10 @@
 """Worker processes and channels across them (tests/integration/test_workers.py).
 
-GET /pid answers the worker's pid. /ws: uWSGI-style websocket that joins
-channel "room", sends ``pid N`` as its first message, then publishes every
-message it receives to "room". POST /say publishes its body to "room"
-(503 if the channel backend refuses it). With ``WORKERS_APP_CRASH=1`` in the
-environment the app fails at import.
+GET /pid answers the worker's pid, GET /id ``PID WORKER_ID NUMPROC``. /ws:
+uWSGI-style websocket that joins channel "room", sends ``pid N`` as its
+first message, then publishes every message it receives to "room". POST
+/say publishes its body to "room" (503 if the channel backend refuses it).
+With ``WORKERS_APP_CRASH=1`` in the environment the app fails at import.
 """
 
 import os
@@ -34,6 +34,9 @@ def application(env, start_response):
             return [str(exc).encode()]
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"published"]
+    if path == "/id":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{os.getpid()} {uwsgi.worker_id()} {uwsgi.numproc}".encode()]
     if path == "/pid":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(os.getpid()).encode()]

@@ -47,6 +47,20 @@ def get_pid(server: ServerProcess) -> int:
     return int(response.body)
 
 
+def worker_ids(server: ServerProcess, count: int = 2) -> dict[int, tuple[int, int]]:
+    """pid -> (uwsgi.worker_id(), uwsgi.numproc), asked (GET /id) until
+    ``count`` distinct workers answered (bounded)."""
+    seen: dict[int, tuple[int, int]] = {}
+    deadline = time.monotonic() + WAIT
+    while len(seen) < count:
+        assert time.monotonic() < deadline, f"only saw workers {seen}"
+        response = http_exchange(server.port, "GET", "/id", [("Connection", "close")])
+        assert response.status == 200, response
+        pid, worker_id, numproc = map(int, response.body.split())
+        seen[pid] = (worker_id, numproc)
+    return seen
+
+
 def worker_pids(server: ServerProcess, count: int = 2) -> set[int]:
     """Ask until ``count`` distinct workers answered (bounded)."""
     seen: set[int] = set()
@@ -145,6 +159,23 @@ def test_workers_answer_from_distinct_processes():
         status = server.stop()
     assert status == 0, server.log
     assert_no_traceback(server)
+
+
+def test_worker_id_and_numproc_as_uwsgi_numbers_them():
+    with running(APP) as server:  # one process: worker 1 of 1
+        assert list(worker_ids(server, 1).values()) == [(1, 1)]
+        assert server.stop() == 0, server.log
+    with running(APP, "--processes", "2") as server:
+        ids = worker_ids(server)
+        assert sorted(ids.values()) == [(1, 2), (2, 2)]
+        # A replacement takes the number of the worker it replaces.
+        victim = next(pid for pid, (number, _) in ids.items() if number == 2)
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for_log(rf"worker {victim} exited unexpectedly")
+        ids = worker_ids(server)  # waits for the replacement to answer
+        assert victim not in ids
+        assert sorted(ids.values()) == [(1, 2), (2, 2)]
+        assert server.stop() == 0, server.log
 
 
 def test_workers_with_reuse_port_share_one_port():
